@@ -1,0 +1,122 @@
+"""The command line: flags -> validated config -> command.
+
+Every mistake a user can make (an unknown option, a bad number, a missing path) ends
+in one line on stderr naming the culprit, and exit status 2: no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from . import config as C
+from .errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + error; we print one line
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _train_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train a GAN", description="Train a GAN. Flags may "
+                       "also come from --config FILE.toml (keys are the flag names); "
+                       "flags on the command line win.")
+    p.add_argument("--config", metavar="FILE", help="TOML file of flag values")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved configuration as JSON and exit")
+    defaults = C.TrainConfig()
+    for section, f in C.flag_fields(defaults):
+        meta = f.metadata
+        kind = C._base_type(f)
+        help_text = meta["help"]
+        default = getattr(getattr(defaults, section), f.name)
+        if default is not None:
+            help_text += f" (default: {default})"
+        if meta.get("choices"):
+            help_text += f" [{'|'.join(meta['choices'])}]"
+        if kind == "bool":
+            p.add_argument(C.flag_name(f), dest=f.name, default=argparse.SUPPRESS,
+                           action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            # Values stay strings here; config.convert gives the one-line errors.
+            p.add_argument(C.flag_name(f), dest=f.name, default=argparse.SUPPRESS,
+                           metavar=meta.get("metavar") or kind.upper(), help=help_text)
+    return p
+
+
+def _sample_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("sample", help="write a grid of generated samples",
+                       description="Generate samples from a checkpoint (a run directory, "
+                       "a checkpoint directory or a generator.pt).")
+    p.add_argument("ckpt", metavar="CKPT")
+    p.add_argument("--n", default="64", help="number of samples (default: 64)")
+    p.add_argument("--out", default="grid.png", help="output PNG (default: grid.png)")
+    p.add_argument("--seed", default="0", help="seed of the latent vectors (default: 0)")
+    p.add_argument("--device", default="cpu", help="device (default: cpu)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fastgan", description="Fast, distributed GAN training.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _train_parser(sub)
+    _sample_parser(sub)
+    return parser
+
+
+def train_config(args: argparse.Namespace) -> C.TrainConfig:
+    cfg = C.TrainConfig()
+    explicit: set[str] = set()
+    if args.config:
+        values = C.load_toml(args.config)
+        C.apply(cfg, values, f"--config {args.config}")
+        explicit |= {k.replace("-", "_") for k in values}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "dry_run")}
+    C.apply(cfg, flags, "command line")
+    explicit |= set(flags)
+    return C.resolve(cfg, explicit)
+
+
+def _int_flag(value: str, flag: str, minimum: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise UserError(f"{flag}: expected an integer, got {value!r}") from None
+    if n < minimum:
+        raise UserError(f"{flag}: must be >= {minimum}, got {n}")
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="fastgan: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            cfg = train_config(args)
+            if args.dry_run:
+                print(cfg.to_json())
+                return 0
+            from .train.loop import train  # heavy imports only when training
+
+            train(cfg)
+        elif args.command == "sample":
+            from .sample import sample
+
+            path = sample(args.ckpt, n=_int_flag(args.n, "--n", 1), out=args.out,
+                          seed=_int_flag(args.seed, "--seed", 0), device=args.device)
+            print(path)
+        return 0
+    except UserError as e:
+        print(f"fastgan {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastgan: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

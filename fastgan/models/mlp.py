@@ -1,0 +1,45 @@
+"""Multi-layer perceptrons for the 2-D datasets (ring, grid).
+
+The generator's hidden layers use BatchNorm, as PacGAN's 2-D generator does; the
+discriminator is a plain LeakyReLU MLP. ``pack`` > 1 makes the discriminator judge
+``pack`` samples at once (PacGAN): it sees their concatenation, which lets it notice a
+lack of diversity and so counters mode collapse.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MLPGenerator(nn.Module):
+    def __init__(self, z_dim: int = 2, width: int = 400, depth: int = 4, out_dim: int = 2):
+        super().__init__()
+        self.z_dim = z_dim
+        layers: list[nn.Module] = []
+        d = z_dim
+        for _ in range(depth):
+            layers += [nn.Linear(d, width), nn.BatchNorm1d(width), nn.ReLU(True)]
+            d = width
+        layers.append(nn.Linear(d, out_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class MLPDiscriminator(nn.Module):
+    def __init__(self, in_dim: int = 2, width: int = 200, depth: int = 3, pack: int = 1):
+        super().__init__()
+        self.pack = pack
+        layers: list[nn.Module] = []
+        d = in_dim * pack
+        for _ in range(depth):
+            layers += [nn.Linear(d, width), nn.LeakyReLU(0.2, True)]
+            d = width
+        layers.append(nn.Linear(d, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # [N, 2] -> [N / pack, 2 * pack]: each row is one packed group of samples.
+        return self.net(x.reshape(x.shape[0] // self.pack, -1))

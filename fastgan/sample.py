@@ -1,0 +1,37 @@
+"""``fastgan sample``: a grid of generated images (or a 2-D scatter) from a checkpoint."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from . import models, sampling
+from .data import builtin
+from .errors import UserError
+from .train.checkpoint import load_generator
+
+
+def sample(ckpt: str, *, n: int = 64, out: str = "grid.png", seed: int = 0,
+           device: str = "cpu") -> Path:
+    payload = load_generator(ckpt)
+    if payload["arch"] not in models.ARCHS:
+        raise UserError(f"{ckpt}: unknown architecture {payload['arch']!r} in checkpoint")
+    G = models.build_generator(payload["arch"], payload["kwargs"])
+    G.load_state_dict(payload["state_dict"])
+    G.to(device)
+    z = torch.randn(n, payload["z_dim"], generator=torch.Generator().manual_seed(seed))
+    images = sampling.generate(G, z.to(device))
+    out_path = Path(out)
+    if out_path.parent and not out_path.parent.exists():
+        raise UserError(f"--out: directory {out_path.parent} does not exist")
+    if payload["kind"] == "images":
+        nrow = max(1, math.ceil(math.sqrt(n)))
+        sampling.image_grid(sampling.to_uint8(images), nrow=nrow, scale=2).save(out_path)
+    else:
+        pts = builtin.POINT_SETS.get(payload.get("dataset"))
+        pts = pts() if pts else None
+        sampling.points_plot(images.numpy(), pts.means if pts else None,
+                             pts.std if pts else None).save(out_path)
+    return out_path

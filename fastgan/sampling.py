@@ -1,0 +1,76 @@
+"""Turning generator outputs into pictures: image grids and 2-D scatter plots.
+
+Used by the training loop (samples at intervals, from a fixed z) and by
+``fastgan sample``; nothing here knows about training.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+
+
+@torch.no_grad()
+def generate(G: nn.Module, z: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """G(z) in eval mode (BatchNorm running statistics), in chunks, as float32 on CPU."""
+    was_training = G.training
+    G.eval()
+    try:
+        return torch.cat([G(z[i:i + chunk]).float().cpu() for i in range(0, len(z), chunk)])
+    finally:
+        G.train(was_training)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] float N x C x H x W -> uint8 N x H x W x C."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2,
+               scale: int = 1) -> Image.Image:
+    """uint8 N x H x W x 3 -> one PIL image with the images in rows of ``nrow``."""
+    n, h, w, c = images.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / nrow)
+    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, np.uint8)
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        y, x = pad + r * (h + pad), pad + k * (w + pad)
+        canvas[y:y + h, x:x + w] = images[i]
+    img = Image.fromarray(canvas)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return img
+
+
+def points_plot(points: np.ndarray, means: np.ndarray | None = None, std: float | None = None,
+                size: int = 512) -> Image.Image:
+    """A scatter plot of 2-D points (blue), with the true modes' 3-std circles (red)."""
+    pts = np.asarray(points, np.float64)
+    ref = pts if means is None else np.concatenate([pts, means])
+    finite = ref[np.isfinite(ref).all(axis=1)]
+    if means is not None:
+        lim = float(np.abs(means).max()) * 1.5 + 1e-6
+    else:
+        lim = float(np.abs(finite).max()) * 1.1 + 1e-6 if len(finite) else 1.0
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+
+    def px(p):
+        return ((p[0] / lim + 1) * size / 2, (1 - p[1] / lim) * size / 2)
+
+    if means is not None:
+        r = max(3.0, 3 * (std or 0) / lim * size / 2)
+        for m in means:
+            x, y = px(m)
+            draw.ellipse((x - r, y - r, x + r, y + r), outline=(220, 40, 40), width=2)
+    for p in pts:
+        if np.isfinite(p).all() and (np.abs(p) < lim).all():
+            x, y = px(p)
+            draw.rectangle((x - 1, y - 1, x, y), fill=(30, 60, 200))
+    return img

@@ -1,0 +1,110 @@
+"""Checkpoints: written atomically, found by their completion marker, pruned to K.
+
+Layout: ``RUN/checkpoints/step-00001234/`` holding ``state.pt`` (the training state:
+G, D, both optimizers, step, RNG states), ``generator.pt`` (what ``fastgan sample``
+needs: G's architecture, constructor arguments and weights, loadable with
+``torch.load(weights_only=True)`` anywhere) and ``COMPLETE``, written last.
+
+A checkpoint is built under a temporary name, its files fsynced, then renamed into
+place, and only then marked complete: a job that dies at any point leaves either the
+previous checkpoints untouched or a directory without a marker, which is never loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+MARKER = "COMPLETE"
+GENERATOR = "generator.pt"
+STATE = "state.pt"
+_NAME = re.compile(r"^step-(\d{8})$")
+
+
+def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(run_dir: str | os.PathLike, step: int, state: dict, generator: dict,
+         keep: int) -> Path:
+    """Write checkpoint ``step`` and prune all but the newest ``keep`` complete ones."""
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".step-{step:08d}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save(state, tmp / STATE)
+    torch.save(generator, tmp / GENERATOR)
+    for f in (STATE, GENERATOR):
+        _fsync(tmp / f)
+    _fsync(tmp)
+    if final.exists():  # an unmarked leftover of a crashed write at this very step
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    marker = final / MARKER
+    with open(marker, "w") as fh:
+        fh.write(f"{step}\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    _fsync(root)
+    _prune(root, keep)
+    return final
+
+
+def complete(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _NAME.match(p.name) and (p / MARKER).exists()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def _prune(root: Path, keep: int) -> None:
+    done = complete(root.parent)
+    for p in done[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def find_generator(path: str | os.PathLike) -> Path:
+    """A generator.pt from a run directory, a checkpoint directory or the file itself."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if (p / GENERATOR).is_file() and (p / MARKER).exists():
+        return p / GENERATOR
+    if p.is_dir():
+        done = complete(p)
+        if done:
+            return done[-1] / GENERATOR
+        if (p / GENERATOR).is_file():
+            raise UserError(f"{path}: checkpoint is incomplete (no {MARKER} marker)")
+        raise UserError(f"{path}: no complete checkpoint found")
+    raise UserError(f"{path}: no such file or directory")
+
+
+def load_generator(path: str | os.PathLike) -> dict:
+    """The generator payload: {'arch', 'kwargs', 'state_dict', 'kind', 'step', ...}."""
+    f = find_generator(path)
+    try:
+        payload = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: name it, do not crash
+        raise UserError(f"{f}: not a readable fastgan generator checkpoint ({e})") from None
+    if not isinstance(payload, dict) or "arch" not in payload or "state_dict" not in payload:
+        raise UserError(f"{f}: not a fastgan generator checkpoint")
+    return payload

@@ -1,0 +1,109 @@
+"""The one place that knows about process groups and wrappers.
+
+Initialisation comes from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR/PORT): nccl on CUDA, gloo on CPU. With one process nothing is initialised
+and nothing is wrapped, so a plain ``fastgan train`` pays no distributed overhead.
+
+G and D are wrapped separately in DistributedDataParallel. The generator phase runs D
+through its *unwrapped* module: D's parameters take no gradient there and so nothing of
+D must be all-reduced (DDP would otherwise wait for gradients that never come).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init(device_flag: str = "auto") -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_flag == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    elif device_flag == "cuda":
+        device = torch.device(f"cuda:{local_rank}")
+    else:
+        device = torch.device(device_flag)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device: {device_flag} requested but CUDA is not available")
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            timeout=datetime.timedelta(minutes=10),
+        )
+    return Dist(rank, world, local_rank, device)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(module: nn.Module, d: Dist) -> nn.Module:
+    if d.world == 1:
+        return module
+    ids = [d.device.index] if d.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def all_reduce_mean(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.world > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+        t /= d.world
+    return t
+
+
+def barrier(d: Dist) -> None:
+    if d.world > 1:
+        dist.barrier()
+
+
+def check_consistent(modules: dict[str, nn.Module], d: Dist) -> None:
+    """Raise if any rank's parameters differ from the others' (bitwise).
+
+    Run before every checkpoint, as NVlabs' StyleGAN does before its snapshots: a silent
+    divergence between ranks would otherwise be saved as if it were the model. Buffers
+    are not compared: BatchNorm running statistics legitimately differ per rank.
+    """
+    if d.world == 1:
+        return
+    for name, module in modules.items():
+        params = [p.detach().reshape(-1).float() for p in unwrap(module).parameters()]
+        if not params:
+            continue
+        flat = torch.cat(params)
+        hi, lo = flat.clone(), flat.clone()
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        if not torch.equal(hi, lo):
+            worst = (hi - lo).abs().max().item()
+            raise RuntimeError(f"ranks disagree on the parameters of {name} "
+                               f"(max difference {worst:.3g}): refusing to checkpoint")

@@ -1,0 +1,222 @@
+"""``fastgan train``: the training loop, readable top to bottom.
+
+data stream -> GANStep (D main, G main) -> every --log-every steps: statistics reduced
+across ranks, mode metrics, one line in metrics.jsonl; every --sample-every: a grid from
+a fixed z; every --ckpt-every: a checkpoint. Rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import models, sampling
+from ..config import TrainConfig, total_steps
+from ..data import builtin
+from ..data.stream import ImageBatches, PointBatches, image_loader, resolve_data
+from ..errors import UserError
+from . import checkpoint, distributed
+from .phases import STAT_NAMES, GANStep
+from .precision import resolve_precision
+
+log = logging.getLogger("fastgan")
+
+GRID_SAMPLES = 64
+
+
+class ModeScorer:
+    """Mode metrics of G on a fixed z: the shapes oracle, or PacGAN's 2-D metrics."""
+
+    def __init__(self, dataset: str | None, n: int, z_dim: int, seed: int, device):
+        self.dataset = dataset
+        g = torch.Generator().manual_seed(seed + 1)
+        self.z = torch.randn(n, z_dim, generator=g).to(device)
+
+    def __call__(self, G) -> dict:
+        if self.dataset is None:
+            return {}
+        out = sampling.generate(G, self.z)
+        if self.dataset in builtin.POINT_SETS:
+            return builtin.POINT_SETS[self.dataset]().metrics(out.numpy())
+        modes = builtin.classify_shapes(sampling.to_uint8(out))
+        return builtin.shape_mode_metrics(modes)
+
+
+def train(cfg: TrainConfig) -> dict:
+    d = distributed.init(cfg.run.device)
+    try:
+        return _train(cfg, d)
+    finally:
+        distributed.shutdown()
+
+
+def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
+    device = d.device
+    lp, m = cfg.loop, cfg.model
+    if lp.batch % d.world:
+        raise UserError(f"--batch: {lp.batch} does not divide over {d.world} ranks")
+    per_rank = lp.batch // d.world
+    if m.pack > 1 and per_rank % m.pack:
+        raise UserError(f"--batch: {per_rank} per rank is not a multiple of --pack {m.pack}")
+    precision = resolve_precision(cfg.run.precision, device)
+    steps = total_steps(cfg)
+    run_dir = Path(cfg.run.out)
+    if d.is_main:
+        if (run_dir / "config.json").exists():
+            raise UserError(f"--out: run directory {run_dir} already holds a run; "
+                            "choose another --out")
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+
+    # Same initial weights on every rank (DDP also broadcasts them); per-rank noise.
+    torch.manual_seed(cfg.run.seed)
+    spec = resolve_data(cfg.data.data, cfg.data.res, cfg.data.cache_dir)
+    g_kwargs, d_kwargs = models.model_kwargs(m.arch, res=cfg.data.res, z_dim=m.z_dim,
+                                             width=m.width, pack=m.pack)
+    G = models.build_generator(m.arch, g_kwargs).to(device)
+    D = models.build_discriminator(m.arch, d_kwargs).to(device)
+    if spec.kind == "images":
+        G = G.to(memory_format=torch.channels_last)
+        D = D.to(memory_format=torch.channels_last)
+    torch.manual_seed(cfg.run.seed * 1000 + d.rank + 1)
+
+    if spec.kind == "images":
+        stream = ImageBatches(spec.urls, cfg.data.res, per_rank, seed=cfg.run.seed,
+                              rank=d.rank, shuffle=cfg.data.shuffle)
+        batches = iter(image_loader(stream, cfg.data.workers))
+    else:
+        batches = iter(PointBatches(spec.builtin, per_rank, seed=cfg.run.seed, rank=d.rank))
+
+    G_train, D_train = distributed.wrap(G, d), distributed.wrap(D, d)
+    betas = (cfg.optim.beta1, cfg.optim.beta2)
+    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=betas)
+    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas)
+    gan_step = GANStep(G_train, D_train, opt_G, opt_D, z_dim=m.z_dim, device=device,
+                       precision=precision)
+
+    scorer = ModeScorer(spec.builtin, lp.metric_samples, m.z_dim, cfg.run.seed, device)
+    grid_z = torch.randn(GRID_SAMPLES if spec.kind == "images" else lp.metric_samples,
+                         m.z_dim, generator=torch.Generator().manual_seed(cfg.run.seed + 2)
+                         ).to(device)
+    generator_meta = {"arch": m.arch, "kwargs": g_kwargs, "kind": spec.kind,
+                      "dataset": spec.builtin or cfg.data.data, "z_dim": m.z_dim}
+
+    def save_samples(name: str) -> Path:
+        out = sampling.generate(G, grid_z)
+        path = run_dir / "samples" / f"{name}.png"
+        if spec.kind == "images":
+            sampling.image_grid(sampling.to_uint8(out), nrow=8, scale=2).save(path)
+        else:
+            pts = builtin.POINT_SETS[spec.builtin]()
+            sampling.points_plot(out.numpy(), pts.means, pts.std).save(path)
+        return path
+
+    def save_checkpoint(step: int) -> Path | None:
+        distributed.check_consistent({"G": G, "D": D}, d)
+        if not d.is_main:
+            return None
+        state = {
+            "G": G.state_dict(), "D": D.state_dict(),
+            "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+            "step": step, "config": cfg.to_dict(),
+            "rng_cpu": torch.get_rng_state(),
+        }
+        gen = {**generator_meta, "state_dict": G.state_dict(), "step": step}
+        return checkpoint.save(run_dir, step, state, gen, lp.keep_ckpts)
+
+    if d.is_main:
+        print(f"fastgan: training {m.arch} on {cfg.data.data} for {steps} steps "
+              f"(batch {lp.batch} over {d.world} rank(s), {precision}, {device}); "
+              f"run directory {run_dir}", file=sys.stderr)
+    bar = tqdm(total=steps, unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1.0,
+               disable=not (d.is_main and cfg.run.progress))
+    metrics_file = open(run_dir / "metrics.jsonl", "a") if d.is_main else None
+    start = last_t = time.perf_counter()
+    last_step = 0
+    record: dict = {}
+    try:
+        for step in range(1, steps + 1):
+            real = next(batches).to(device, non_blocking=True)
+            if spec.kind == "images":
+                real = real.float().div_(127.5).sub_(1.0)
+            gan_step(real, step)
+            bar.update(1)
+
+            if step % lp.log_every == 0 or step == steps:
+                stats = distributed.all_reduce_mean(gan_step.take_stats(), d).tolist()
+                now = time.perf_counter()
+                if d.is_main:
+                    record = {
+                        "step": step,
+                        "kimg": round(step * lp.batch / 1000, 3),
+                        **{k: round(v, 5) for k, v in zip(STAT_NAMES, stats)},
+                        "img_s": round((step - last_step) * lp.batch / (now - last_t), 1),
+                        "elapsed_s": round(now - start, 2),
+                        **scorer(G),
+                    }
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                    bar.set_postfix_str(_postfix(record), refresh=False)
+                    if not cfg.run.progress:
+                        print(json.dumps(record), file=sys.stderr)
+                last_t, last_step = time.perf_counter(), step
+            if d.is_main and lp.sample_every and step % lp.sample_every == 0:
+                save_samples(f"step-{step:08d}")
+            if lp.ckpt_every and step % lp.ckpt_every == 0 and step != steps:
+                save_checkpoint(step)
+        final_grid = save_samples("final") if d.is_main else None
+        final_ckpt = save_checkpoint(steps)
+    finally:
+        bar.close()
+        if metrics_file is not None:
+            metrics_file.close()
+    distributed.barrier(d)
+    elapsed = time.perf_counter() - start
+    summary = {"run_dir": str(run_dir), "steps": steps, "elapsed_s": round(elapsed, 1),
+               "img_s": round(steps * lp.batch / elapsed, 1), "final": record,
+               "samples": str(final_grid), "checkpoint": str(final_ckpt)}
+    if d.is_main:
+        _print_summary(summary, spec.builtin)
+    return summary
+
+
+def _postfix(r: dict) -> str:
+    parts = [f"kimg {r['kimg']:.1f}", f"{r['img_s']:.0f} img/s",
+             f"lossD {r['loss_D']:.3f}", f"lossG {r['loss_G']:.3f}",
+             f"D(x) {r['D(x)']:.2f}", f"D(G(z)) {r['D(G(z))']:.2f}"]
+    if "modes_covered" in r:
+        parts.append(f"modes {r['modes_covered']}/{r['modes_total']}")
+    return ", ".join(parts)
+
+
+def _print_summary(s: dict, dataset: str | None) -> None:
+    r = s["final"]
+    lines = [
+        f"fastgan: done: {s['steps']} steps in {s['elapsed_s']:.0f} s "
+        f"({s['img_s']:.0f} img/s overall)",
+        f"  final: loss_D {r.get('loss_D', float('nan')):.3f}, "
+        f"loss_G {r.get('loss_G', float('nan')):.3f}, D(x) {r.get('D(x)', float('nan')):.3f}, "
+        f"D(G(z)) {r.get('D(G(z))', float('nan')):.3f}",
+    ]
+    if "modes_covered" in r:
+        line = f"  modes: {r['modes_covered']}/{r['modes_total']} covered"
+        if "recognisable" in r:
+            line += f", {100 * r['recognisable']:.1f}% recognisable by the oracle, " \
+                    f"mode KL {r['mode_kl']:.3f}"
+        if "high_quality" in r:
+            line += f", {100 * r['high_quality']:.1f}% high-quality samples"
+        lines.append(line)
+    lines += [
+        f"  samples:    {s['samples']}",
+        f"  checkpoint: {s['checkpoint']}",
+        f"  metrics:    {os.path.join(s['run_dir'], 'metrics.jsonl')}",
+    ]
+    print("\n".join(lines), file=sys.stderr)

@@ -1,0 +1,68 @@
+import json
+
+import pytest
+
+from conftest import run_fastgan
+
+
+def test_dry_run_prints_resolved_config(tmp_path):
+    r = run_fastgan("train", "--dry-run", "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads(r.stdout)
+    assert cfg["data"]["data"] == "builtin:shapes"
+    assert cfg["model"]["arch"] == "dcgan" and cfg["data"]["res"] == 32
+    assert cfg["run"]["precision"] == "auto"
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
+    ring = json.loads(run_fastgan("train", "--dry-run", "--data", "builtin:ring").stdout)
+    assert ring["model"]["arch"] == "mlp"
+
+
+def test_toml_config_with_flag_override(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('batch = 32\n"lr-g" = 1e-4\nsample_every = 7\narch = "dcgan"\n')
+    r = run_fastgan("train", "--dry-run", "--config", str(toml), "--batch", "16")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads(r.stdout)
+    assert cfg["loop"]["batch"] == 16  # the command line wins
+    assert cfg["optim"]["lr_g"] == 1e-4 and cfg["loop"]["sample_every"] == 7
+
+
+@pytest.mark.parametrize("args,culprit", [
+    (["--batch", "abc"], "--batch"),
+    (["--batch", "0"], "--batch"),
+    (["--kimg", "-1"], "--kimg"),
+    (["--lr-g", "5"], "--lr-g"),
+    (["--res", "33"], "--res"),
+    (["--arch", "resnet"], "--arch"),
+    (["--arch", "mlp"], "--arch"),
+    (["--data", "builtin:ring", "--arch", "dcgan"], "--arch"),
+    (["--data", "builtin:nothing"], "builtin:nothing"),
+    (["--data", "/no/such/dir"], "/no/such/dir"),
+    (["--precision", "fp8"], "--precision"),
+    (["--workers", "-2"], "--workers"),
+    (["--config", "/no/such.toml"], "/no/such.toml"),
+    (["--bogus", "1"], "--bogus"),
+])
+def test_bad_input_is_one_line_exit_2(args, culprit):
+    r = run_fastgan("train", "--dry-run", *args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert culprit in lines[0] and "Traceback" not in r.stderr
+
+
+def test_bad_toml_key_and_value(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text("colour = 3\n")
+    r = run_fastgan("train", "--dry-run", "--config", str(toml))
+    assert r.returncode == 2 and "colour" in r.stderr
+    toml.write_text('batch = "many"\n')
+    r = run_fastgan("train", "--dry-run", "--config", str(toml))
+    assert r.returncode == 2 and "--batch" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_sample_errors(tmp_path):
+    r = run_fastgan("sample", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "nope" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = run_fastgan("sample", str(tmp_path), "--n", "x")
+    assert r.returncode == 2 and "--n" in r.stderr

@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from fastgan import models
+
+
+@pytest.mark.parametrize("res", [8, 16, 32, 64])
+def test_dcgan_shapes(res):
+    gk, dk = models.model_kwargs("dcgan", res=res, z_dim=10, width=8)
+    G, D = models.build_generator("dcgan", gk), models.build_discriminator("dcgan", dk)
+    x = G(torch.randn(3, 10))
+    assert x.shape == (3, 3, res, res)
+    assert x.abs().max() <= 1.0  # tanh output
+    assert D(x).shape == (3, 1)
+
+
+def test_dcgan_rejects_odd_resolution():
+    with pytest.raises(ValueError, match="power-of-two"):
+        models.build_generator("dcgan", dict(res=48, z_dim=4, width=4))
+
+
+def test_dcgan_follows_the_paper():
+    G = models.build_generator("dcgan", dict(res=64, z_dim=100, width=64))
+    D = models.build_discriminator("dcgan", dict(res=64, width=64))
+    convs = [m for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [c.out_channels for c in convs] == [512, 256, 128, 64, 3]
+    assert isinstance(list(G.modules())[-1], torch.nn.Tanh)
+    # D: no BatchNorm after the first conv, LeakyReLU(0.2)
+    layers = list(D.net)
+    assert isinstance(layers[0], torch.nn.Conv2d) and isinstance(layers[1], torch.nn.LeakyReLU)
+    assert layers[1].negative_slope == 0.2
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules()) == 3
+
+
+def test_mlp_packing():
+    gk, dk = models.model_kwargs("mlp", res=None, z_dim=2, width=16, pack=4)
+    G, D = models.build_generator("mlp", gk), models.build_discriminator("mlp", dk)
+    pts = G(torch.randn(8, 2))
+    assert pts.shape == (8, 2)
+    assert D(pts).shape == (2, 1)  # 8 samples in packs of 4

@@ -1,0 +1,57 @@
+"""End-to-end: fastgan train and fastgan sample as a user runs them."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from conftest import run_fastgan
+
+EXPECTED_KEYS = {"step", "kimg", "loss_D", "loss_G", "D(x)", "D(G(z))", "img_s", "elapsed_s"}
+
+
+@pytest.mark.slow
+def test_train_shapes_then_sample(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    r = run_fastgan("train", "--steps", "12", "--batch", "16", "--width", "8",
+                    "--log-every", "5", "--sample-every", "10", "--ckpt-every", "5",
+                    "--keep-ckpts", "2", "--metric-samples", "64", "--no-progress",
+                    "--out", str(run), "--cache-dir", cache_dir)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "config.json").read_text())["loop"]["steps"] == 12
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in records] == [5, 10, 12]
+    for rec in records:
+        assert EXPECTED_KEYS <= rec.keys()
+        assert {"modes_covered", "modes_total", "recognisable", "mode_kl"} <= rec.keys()
+        assert 0.0 <= rec["D(x)"] <= 1.0 and 0.0 <= rec["D(G(z))"] <= 1.0
+        assert rec["img_s"] > 0
+    assert (run / "samples" / "step-00000010.png").exists()
+    assert Image.open(run / "samples" / "final.png").size[0] > 64
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["step-00000010", "step-00000012"]  # keep 2; the final one included
+    assert "modes:" in r.stderr and "final.png" in r.stderr  # the summary
+
+    grid = tmp_path / "grid.png"
+    r = run_fastgan("sample", str(run), "--n", "16", "--out", str(grid))
+    assert r.returncode == 0, r.stderr
+    img = Image.open(grid)
+    assert img.size == (2 * (4 * 34 + 2),) * 2  # 4x4 grid of 32px + 2px padding, x2
+
+    # the same run directory is not silently overwritten
+    r = run_fastgan("train", "--steps", "2", "--out", str(run), "--cache-dir", cache_dir)
+    assert r.returncode == 2 and "already" in r.stderr
+
+
+@pytest.mark.slow
+def test_train_ring_mlp(tmp_path):
+    run = tmp_path / "ring"
+    r = run_fastgan("train", "--data", "builtin:ring", "--steps", "50", "--log-every", "25",
+                    "--no-progress", "--out", str(run))
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert rec["modes_total"] == 8 and "high_quality" in rec
+    r = run_fastgan("sample", str(run / "checkpoints"), "--out", str(tmp_path / "p.png"))
+    assert r.returncode == 2  # not a run or checkpoint directory
+    r = run_fastgan("sample", str(run), "--out", str(tmp_path / "p.png"))
+    assert r.returncode == 0 and (tmp_path / "p.png").exists()
