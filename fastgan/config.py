@@ -51,6 +51,8 @@ class OptimConfig:
     lr_d: float = opt(2e-4, "discriminator Adam learning rate")
     beta1: float = opt(0.5, "Adam beta1")
     beta2: float = opt(0.999, "Adam beta2")
+    r1_gamma: float = opt(0.0, "R1 penalty weight on D's gradient at real data (0: off)")
+    r1_interval: int = opt(4, "steps between (lazy) R1 penalties")
 
 
 @dataclass
@@ -186,8 +188,9 @@ def load_toml(path: str) -> dict:
 # trains a recognisable, mode-covering DCGAN in about 6 minutes on a 2-core CPU; the
 # ring and grid presets follow PacGAN's 2-D setup (Adam 1e-4, batch 100) with packing.
 PRESETS: dict[str, dict] = {
-    "shapes": dict(res=32, arch="dcgan", batch=64, kimg=200.0, log_every=200,
-                   sample_every=1000, ckpt_every=2000),
+    "shapes": dict(res=32, arch="dcgan", width=32, batch=64, kimg=400.0, log_every=500,
+                   sample_every=1000, ckpt_every=2000, lr_g=1e-3, lr_d=1e-3, r1_gamma=10.0,
+                   r1_interval=4),
     "ring": dict(arch="mlp", batch=100, kimg=1500.0, log_every=1000, sample_every=5000,
                  ckpt_every=5000, lr_g=1e-4, lr_d=1e-4, beta1=0.8),
     "grid": dict(arch="mlp", batch=100, kimg=1500.0, log_every=1000, sample_every=5000,
@@ -256,6 +259,8 @@ def validate(cfg: TrainConfig, points: bool) -> None:
         need(0 < v < 1, flag, f"must be in (0, 1), got {v}")
     for flag, v in (("--beta1", o.beta1), ("--beta2", o.beta2)):
         need(0 <= v < 1, flag, f"must be in [0, 1), got {v}")
+    need(o.r1_gamma >= 0, "--r1-gamma", f"must be >= 0, got {o.r1_gamma}")
+    need(o.r1_interval >= 1, "--r1-interval", f"must be >= 1, got {o.r1_interval}")
     need(lp.batch >= 1, "--batch", f"must be >= 1, got {lp.batch}")
     need(lp.batch % m.pack == 0, "--batch", f"{lp.batch} is not a multiple of --pack {m.pack}")
     if m.arch == "mlp" or m.pack > 1:

@@ -40,9 +40,9 @@ N_SHAPE_MODES = len(SHAPES) * len(COLOURS)
 PLUS_HALF_THICKNESS = 0.36  # arm half-width of the plus, in units of its half-size
 
 # Size of a shape (full side of its bounding square) as a fraction of the image side.
-SIZE_RANGE = (0.38, 0.62)
+SIZE_RANGE = (0.55, 0.8)
 SHAPES_COUNT = 16 * 1024  # images in the embedded dataset, 1,024 per mode
-SHAPES_VERSION = 1  # bump when the drawing changes, so that caches are rebuilt
+SHAPES_VERSION = 2  # bump when the drawing changes, so that caches are rebuilt
 
 
 def shape_mode_name(mode: int) -> str:

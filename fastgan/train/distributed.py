@@ -81,6 +81,22 @@ def all_reduce_mean(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return t
 
 
+def all_reduce_grads(module: nn.Module, d: Dist) -> None:
+    """Average the gradients of ``module`` over ranks (for phases that bypass DDP)."""
+    if d.world == 1:
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= d.world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def barrier(d: Dist) -> None:
     if d.world > 1:
         dist.barrier()

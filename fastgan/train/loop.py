@@ -24,7 +24,7 @@ from ..data import builtin
 from ..data.stream import ImageBatches, PointBatches, image_loader, resolve_data
 from ..errors import UserError
 from . import checkpoint, distributed
-from .phases import STAT_NAMES, GANStep
+from .phases import GANStep
 from .precision import resolve_precision
 
 log = logging.getLogger("fastgan")
@@ -99,8 +99,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     betas = (cfg.optim.beta1, cfg.optim.beta2)
     opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=betas)
     opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas)
-    gan_step = GANStep(G_train, D_train, opt_G, opt_D, z_dim=m.z_dim, device=device,
-                       precision=precision)
+    gan_step = GANStep(G_train, D_train, opt_G, opt_D, z_dim=m.z_dim, dist=d,
+                       precision=precision, r1_gamma=cfg.optim.r1_gamma,
+                       r1_interval=cfg.optim.r1_interval)
 
     scorer = ModeScorer(spec.builtin, lp.metric_samples, m.z_dim, cfg.run.seed, device)
     grid_z = torch.randn(GRID_SAMPLES if spec.kind == "images" else lp.metric_samples,
@@ -151,13 +152,14 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
             bar.update(1)
 
             if step % lp.log_every == 0 or step == steps:
-                stats = distributed.all_reduce_mean(gan_step.take_stats(), d).tolist()
+                names, means = gan_step.take_stats()
+                stats = distributed.all_reduce_mean(means, d).tolist()
                 now = time.perf_counter()
                 if d.is_main:
                     record = {
                         "step": step,
                         "kimg": round(step * lp.batch / 1000, 3),
-                        **{k: round(v, 5) for k, v in zip(STAT_NAMES, stats)},
+                        **{k: round(v, 5) for k, v in zip(names, stats)},
                         "img_s": round((step - last_step) * lp.batch / (now - last_t), 1),
                         "elapsed_s": round(now - start, 2),
                         **scorer(G),
