@@ -66,7 +66,6 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     per_rank = lp.batch // d.world
     if m.pack > 1 and per_rank % m.pack:
         raise UserError(f"--batch: {per_rank} per rank is not a multiple of --pack {m.pack}")
-    precision = resolve_precision(cfg.run.precision, device)
     steps = total_steps(cfg)
     run_dir = Path(cfg.run.out)
     if d.is_main:
@@ -79,6 +78,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     # Same initial weights on every rank (DDP also broadcasts them); per-rank noise.
     torch.manual_seed(cfg.run.seed)
     spec = resolve_data(cfg.data.data, cfg.data.res, cfg.data.cache_dir)
+    precision = resolve_precision(cfg.run.precision, device, points=spec.kind == "points")
     g_kwargs, d_kwargs = models.model_kwargs(m.arch, res=cfg.data.res, z_dim=m.z_dim,
                                              width=m.width, pack=m.pack)
     G = models.build_generator(m.arch, g_kwargs).to(device)
@@ -145,6 +145,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     record: dict = {}
     try:
         for step in range(1, steps + 1):
+            scale = lr_scale(step, steps, cfg.optim.lr_decay)
+            for opt, lr in ((opt_G, cfg.optim.lr_g), (opt_D, cfg.optim.lr_d)):
+                for group in opt.param_groups:
+                    group["lr"] = lr * scale
             real = next(batches).to(device, non_blocking=True)
             if spec.kind == "images":
                 real = real.float().div_(127.5).sub_(1.0)
@@ -188,6 +192,14 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     if d.is_main:
         _print_summary(summary, spec.builtin)
     return summary
+
+
+def lr_scale(step: int, steps: int, decay: float) -> float:
+    """1 until the last ``decay`` fraction of training, then linearly down to 0."""
+    start = steps * (1.0 - decay)
+    if decay <= 0 or step <= start:
+        return 1.0
+    return max(0.0, (steps - step) / (steps - start))
 
 
 def _postfix(r: dict) -> str:
