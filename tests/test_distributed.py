@@ -47,7 +47,7 @@ def test_torchrun_two_ranks_shapes(tmp_path, cache_dir):
 
 @pytest.mark.slow
 def test_uneven_batch_is_a_clear_error(tmp_path):
-    r = _torchrun(["train", "--data", "builtin:ring", "--steps", "2", "--batch", "33",
+    r = _torchrun(["train", "--data", "builtin:ring", "--steps", "2", "--batch", "33", "--pack", "1",
                    "--no-progress", "--out", str(tmp_path / "run")])
     assert r.returncode != 0
     assert "--batch: 33 does not divide over 2 ranks" in r.stderr
