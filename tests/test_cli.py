@@ -66,3 +66,14 @@ def test_sample_errors(tmp_path):
     assert r.returncode == 2 and "nope" in r.stderr and len(r.stderr.splitlines()) == 1
     r = run_fastgan("sample", str(tmp_path), "--n", "x")
     assert r.returncode == 2 and "--n" in r.stderr
+
+
+def test_unwritable_out_and_cache_dir(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    r = run_fastgan("train", "--steps", "1", "--no-progress", "--out", str(blocker / "run"))
+    assert r.returncode == 2 and "--out" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = run_fastgan("train", "--steps", "1", "--no-progress", "--out", str(tmp_path / "run"),
+                    "--cache-dir", str(blocker / "cache"))
+    assert r.returncode == 2 and "--cache-dir" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # a failed start leaves no half-made run

@@ -64,7 +64,11 @@ def resolve_data(spec: str, res: int, cache_dir: str) -> DataSpec:
     if name in builtin.POINT_SETS:
         return DataSpec("points", [], builtin=name)
     if name is not None:
-        manifest = builtin.builtin_shards(name, res, cache_dir)
+        try:
+            manifest = builtin.builtin_shards(name, res, cache_dir)
+        except OSError as e:
+            raise UserError(f"--cache-dir: cannot write the {spec} shards under {cache_dir}: "
+                            f"{e.strerror or e}") from None
         return DataSpec("images", _from_manifest(manifest), builtin=name, native_res=res)
     return DataSpec("images", shard_urls(spec))
 

@@ -67,18 +67,22 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     if m.pack > 1 and per_rank % m.pack:
         raise UserError(f"--batch: {per_rank} per rank is not a multiple of --pack {m.pack}")
     steps = total_steps(cfg)
-    run_dir = Path(cfg.run.out)
+    spec = resolve_data(cfg.data.data, cfg.data.res, cfg.data.cache_dir)
+    run_dir = Path(cfg.run.out)  # created only once the data is known to be there
     if d.is_main:
         if (run_dir / "config.json").exists():
             raise UserError(f"--out: run directory {run_dir} already holds a run; "
                             "choose another --out")
-        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+        try:
+            (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+        except OSError as e:
+            raise UserError(f"--out: cannot create run directory {run_dir}: "
+                            f"{e.strerror or e}") from None
 
+    precision = resolve_precision(cfg.run.precision, device, points=spec.kind == "points")
     # Same initial weights on every rank (DDP also broadcasts them); per-rank noise.
     torch.manual_seed(cfg.run.seed)
-    spec = resolve_data(cfg.data.data, cfg.data.res, cfg.data.cache_dir)
-    precision = resolve_precision(cfg.run.precision, device, points=spec.kind == "points")
     g_kwargs, d_kwargs = models.model_kwargs(m.arch, res=cfg.data.res, z_dim=m.z_dim,
                                              width=m.width, pack=m.pack)
     G = models.build_generator(m.arch, g_kwargs).to(device)
