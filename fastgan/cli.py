@@ -7,7 +7,6 @@ in one line on stderr naming the culprit, and exit status 2: no traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 

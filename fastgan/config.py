@@ -94,15 +94,6 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        return cls(**{f.name: _section(f.name)(**d[f.name]) for f in fields(cls)})
-
-
-def _section(name: str):
-    return {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
-            "loop": LoopConfig, "run": RunConfig}[name]
-
 
 def flag_fields(cfg: TrainConfig):
     """(section, field) for every flag, in declaration order."""

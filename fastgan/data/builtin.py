@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 # ---------------------------------------------------------------------------- shapes
 
@@ -286,8 +287,6 @@ def builtin_shards(name: str, res: int, cache_dir: str) -> str:
     Generation is deterministic, so concurrent builders (ranks on one node) produce the
     same bytes and the atomic rename in ``write_shards`` lets exactly one of them win.
     """
-    import os
-
     from .shards import MANIFEST, write_shards
 
     if name not in IMAGE_SETS:

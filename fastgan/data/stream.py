@@ -42,7 +42,6 @@ class DataSpec:
     kind: str  # "images" or "points"
     urls: list[str]
     builtin: str | None = None  # name of the embedded dataset, if any
-    native_res: int | None = None  # resolution the shards were written at, if known
 
 
 def parse_data(spec: str) -> tuple[str | None, str]:
@@ -69,7 +68,7 @@ def resolve_data(spec: str, res: int, cache_dir: str) -> DataSpec:
         except OSError as e:
             raise UserError(f"--cache-dir: cannot write the {spec} shards under {cache_dir}: "
                             f"{e.strerror or e}") from None
-        return DataSpec("images", _from_manifest(manifest), builtin=name, native_res=res)
+        return DataSpec("images", _from_manifest(manifest), builtin=name)
     return DataSpec("images", shard_urls(spec))
 
 
