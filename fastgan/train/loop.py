@@ -100,8 +100,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
 
     G_train, D_train = distributed.wrap(G, d), distributed.wrap(D, d)
     betas = (cfg.optim.beta1, cfg.optim.beta2)
-    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=betas)
-    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas)
+    # The fused Adam updates all tensors in one kernel: with many small tensors (the
+    # MLPs) the per-tensor loop of the default costs a fifth of the step.
+    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=betas, fused=True)
+    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas, fused=True)
     gan_step = GANStep(G_train, D_train, opt_G, opt_D, z_dim=m.z_dim, dist=d,
                        precision=precision, r1_gamma=cfg.optim.r1_gamma,
                        r1_interval=cfg.optim.r1_interval)
