@@ -195,7 +195,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                "img_s": round(steps * lp.batch / elapsed, 1), "final": record,
                "samples": str(final_grid), "checkpoint": str(final_ckpt)}
     if d.is_main:
-        _print_summary(summary, spec.builtin)
+        _print_summary(summary)
     return summary
 
 
@@ -216,7 +216,7 @@ def _postfix(r: dict) -> str:
     return ", ".join(parts)
 
 
-def _print_summary(s: dict, dataset: str | None) -> None:
+def _print_summary(s: dict) -> None:
     r = s["final"]
     lines = [
         f"fastgan: done: {s['steps']} steps in {s['elapsed_s']:.0f} s "

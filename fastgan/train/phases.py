@@ -8,7 +8,9 @@ R1 (Mescheder et al., 2018) keeps D from growing arbitrarily sharp around the re
 data, the usual road to "D wins, G's gradients vanish, G collapses". It is lazy (as in
 StyleGAN2): computed every N steps and scaled by N, which costs 1/N of a D pass. It runs
 on the unwrapped D with a manual gradient all-reduce, because DDP does not all-reduce
-the gradients of a double backward (pytorch #63929). G runs forward once per step; its output serves both phases: detached for D's
+the gradients of a double backward (pytorch #63929).
+
+G runs forward once per step; its output serves both main phases: detached for D's
 update, then through the updated D for G's (as the classic DCGAN recipe does).
 
 Statistics (losses, D(x), D(G(z))) accumulate on the device and are read only when the
@@ -48,8 +50,7 @@ class GANStep:
         if r1_gamma > 0:
             self.phases.append(Phase("D reg", r1_interval, self.d_reg))
         self.phases.append(Phase("G main", 1, self.g_main))
-        device = self.device
-        self.stat_sum = torch.zeros(len(STAT_NAMES), device=device)
+        self.stat_sum = torch.zeros(len(STAT_NAMES), device=self.device)
         self.stat_count = [0] * len(STAT_NAMES)  # known on the host: no sync to read
 
     def autocast(self):
