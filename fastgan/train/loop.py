@@ -104,6 +104,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     # MLPs) the per-tensor loop of the default costs a fifth of the step.
     opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=betas, fused=True)
     opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas, fused=True)
+    # LambdaLR counts from 0 and is stepped after each training step, so index i is
+    # training step i + 1.
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: lr_scale(i + 1, steps, cfg.optim.lr_decay)) for opt in (opt_G, opt_D)]
     gan_step = GANStep(G_train, D_train, opt_G, opt_D, z_dim=m.z_dim, dist=d,
                        precision=precision, r1_gamma=cfg.optim.r1_gamma,
                        r1_interval=cfg.optim.r1_interval)
@@ -132,6 +136,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
         state = {
             "G": G.state_dict(), "D": D.state_dict(),
             "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+            "sched_G": schedulers[0].state_dict(), "sched_D": schedulers[1].state_dict(),
             "step": step, "config": cfg.to_dict(),
             "rng_cpu": torch.get_rng_state(),
         }
@@ -150,14 +155,12 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     record: dict = {}
     try:
         for step in range(1, steps + 1):
-            scale = lr_scale(step, steps, cfg.optim.lr_decay)
-            for opt, lr in ((opt_G, cfg.optim.lr_g), (opt_D, cfg.optim.lr_d)):
-                for group in opt.param_groups:
-                    group["lr"] = lr * scale
             real = next(batches).to(device, non_blocking=True)
             if spec.kind == "images":
                 real = real.float().div_(127.5).sub_(1.0)
             gan_step(real, step)
+            for scheduler in schedulers:
+                scheduler.step()
             bar.update(1)
 
             if step % lp.log_every == 0 or step == steps:
