@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import config as C
@@ -58,12 +59,51 @@ def _sample_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _shards_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("shards", help="turn an image folder or zip into tar shards",
+                       description="Write the images of SRC (a folder, searched recursively, "
+                       "or a zip) as WebDataset tar shards plus manifest.json in OUT_DIR. "
+                       "Class subfolders become integer labels. Unreadable files are "
+                       "skipped and listed in the manifest.")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--res", help="square output resolution (default: keep the size)")
+    p.add_argument("--crop", default="center",
+                   help="center: crop the centre square; pad: letterbox to a square on "
+                   "black; none: keep the image as it is (default: center)")
+    p.add_argument("--format", default="jpg", help="jpg|png|webp (default: jpg)")
+    p.add_argument("--quality", default="95", help="jpg/webp quality (default: 95)")
+    p.add_argument("--shard-size", default="10000", help="images per shard (default: 10000)")
+    p.add_argument("--workers", default=str(os.cpu_count() or 1),
+                   help="processes decoding and encoding (default: all cores)")
+    p.add_argument("--max-images", help="stop after this many images")
+    p.add_argument("--labels", default="auto",
+                   help="auto: class subfolders become labels; none: no labels")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def shard_options(args: argparse.Namespace):
+    from .data.make_shards import ShardOptions
+
+    def maybe(value, flag):
+        return None if value is None else _int_flag(value, flag, 1)
+
+    return ShardOptions(res=maybe(args.res, "--res"), crop=args.crop, format=args.format,
+                        quality=_int_flag(args.quality, "--quality", 1),
+                        shard_size=_int_flag(args.shard_size, "--shard-size", 1),
+                        workers=_int_flag(args.workers, "--workers", 1),
+                        max_images=maybe(args.max_images, "--max-images"),
+                        labels=args.labels)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastgan", description="Fast, distributed GAN training.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     _train_parser(sub)
     _sample_parser(sub)
+    _shards_parser(sub)
     return parser
 
 
@@ -108,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
             path = sample(args.ckpt, n=_int_flag(args.n, "--n", 1), out=args.out,
                           seed=_int_flag(args.seed, "--seed", 0), device=args.device)
             print(path)
+        elif args.command == "shards":
+            from .data.make_shards import make_shards, summary_line
+
+            manifest = make_shards(args.src, args.out_dir, shard_options(args),
+                                   progress=args.progress)
+            print(summary_line(manifest, args.out_dir), file=sys.stderr)
         return 0
     except UserError as e:
         print(f"fastgan {args.command}: error: {e}", file=sys.stderr)

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-import webdataset as wds
+from .tar import TarWriter
 
 MANIFEST = "manifest.json"
 
@@ -37,13 +37,17 @@ def write_shards(
     """Write ``(key, encoded_image, label)`` samples as shards into ``out_dir``.
 
     ``out_dir`` must not exist yet; it appears complete or not at all. Returns the path
-    of the manifest. ``info`` is merged into the manifest (resolution, label names...).
+    of the manifest. ``info`` is merged into the manifest (resolution, label names...)
+    once all samples are written, so a producer may fill it while it yields.
     """
     out = Path(out_dir)
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the set from other users
     try:
         shards: list[dict] = []
         writer = None
@@ -56,7 +60,7 @@ def write_shards(
                     writer.close()
                     shards[-1]["count"] = count
                 shards.append({"name": shard_name(len(shards)), "count": 0})
-                writer = wds.TarWriter(str(tmp / shards[-1]["name"]))
+                writer = TarWriter(tmp / shards[-1]["name"])
                 count = 0
             sample = {"__key__": key, image_ext: data}
             if label is not None:
@@ -73,9 +77,8 @@ def write_shards(
             **(info or {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        with open(tmp / MANIFEST, "rb") as fh:  # the shards were synced as they closed
+            os.fsync(fh.fileno())
         try:
             os.rename(tmp, out)
         except OSError:
