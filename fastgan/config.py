@@ -31,6 +31,12 @@ class DataConfig:
     workers: int | None = opt(None, "data-loading worker processes per rank "
                               "(default: 1 on machines with up to 4 cores, else 4)")
     shuffle: int = opt(2000, "shuffle buffer, in samples per worker")
+    sampling: str = opt("resampled", "resampled: shards drawn with replacement per rank and "
+                        "worker, fixed epoch length; exact: every sample once per epoch "
+                        "across ranks and workers (needs sample counts: a manifest)",
+                        choices=("resampled", "exact"))
+    epoch_images: int | None = opt(None, "images per epoch in resampled mode (default: the "
+                                   "dataset's size)")
     cache_dir: str | None = opt(None, "where embedded datasets are written as shards "
                                 "(default: $FASTGAN_CACHE or ~/.cache/fastgan)")
 
@@ -201,12 +207,15 @@ USER_DATA_DEFAULTS = dict(res=64, arch="dcgan", batch=64, kimg=1000.0, log_every
 
 def resolve(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     """Fill the auto fields, then validate. ``explicit``: field names the user set."""
-    from .data.stream import parse_data, shard_urls  # late: config stays light to import
+    from .data.sources import parse_data, shard_set  # late: config stays light to import
 
-    name, _ = parse_data(cfg.data.data)
-    if name is None:
-        shard_urls(cfg.data.data)  # a missing path fails here, before anything starts
+    name = parse_data(cfg.data.data)
     preset = PRESETS.get(name, USER_DATA_DEFAULTS) if name else USER_DATA_DEFAULTS
+    if name is None:
+        shards = shard_set(cfg.data.data)  # a missing path fails here, before anything starts
+        size = shards.resolution
+        if size and size >= 8 and size & (size - 1) == 0:  # train at the shards' size
+            preset = {**preset, "res": min(size, 1024)}
     by_name = {f.name: sec for sec, f in flag_fields(cfg)}
     for key, value in preset.items():
         sec = getattr(cfg, by_name[key])
@@ -251,6 +260,8 @@ def validate(cfg: TrainConfig, points: bool) -> None:
              "--res", f"must be a power of two from 8 to 1024, got {d.res}")
     need(d.workers >= 0, "--workers", f"must be >= 0, got {d.workers}")
     need(d.shuffle >= 1, "--shuffle", f"must be >= 1, got {d.shuffle}")
+    need(d.epoch_images is None or d.epoch_images >= 1, "--epoch-images",
+         f"must be >= 1, got {d.epoch_images}")
     need(m.z_dim >= 1, "--z-dim", f"must be >= 1, got {m.z_dim}")
     need(m.width >= 1, "--width", f"must be >= 1, got {m.width}")
     need(m.pack >= 1, "--pack", f"must be >= 1, got {m.pack}")

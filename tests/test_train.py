@@ -81,3 +81,31 @@ def test_train_on_user_jpeg_shards(tmp_path):
     rec = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert rec["step"] == 4 and "modes_covered" not in rec  # no oracle for user data
     assert Image.open(run / "samples" / "final.png").size == (2 * (8 * 18 + 2),) * 2
+
+
+@pytest.mark.slow
+def test_train_through_bad_data_reports_skips(tmp_path):
+    """A truncated shard and a corrupt image: training goes on, and says what it skipped."""
+    from shardsets import write_uneven_shards
+
+    from fastgan.data import tar
+
+    write_uneven_shards(tmp_path / "shards", [12, 12, 12], res=16)
+    shards = tmp_path / "shards"
+    cut = shards / "shard-000001.tar"
+    cut.write_bytes(cut.read_bytes()[:5000])  # truncated in the middle of a member
+    bad = tar.TarWriter(shards / "shard-000003.tar")
+    bad.write({"__key__": "corrupt", "png": b"\x89PNG\r\n\x1a\n" + b"\0" * 50})
+    bad.close()
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest["shards"].append({"name": "shard-000003.tar", "count": 1})
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    run = tmp_path / "run"
+    r = run_fastgan("train", "--data", str(shards), "--steps", "16", "--batch", "8",
+                    "--width", "4", "--log-every", "8", "--workers", "0", "--no-progress",
+                    "--out", str(run))
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert rec["step"] == 16 and rec["data_skipped_samples"] >= 1
+    assert rec["data_skipped_shards"] >= 1
+    assert "skipped" in r.stderr and "data: skipped" in r.stderr

@@ -1,24 +1,52 @@
-"""From a ``--data`` spec to an endless stream of training batches.
+"""From tar shards to training batches, on every rank and DataLoader worker.
 
-Images: shard URLs -> webdataset pipeline (resampled shards per rank and worker, a
-shuffle buffer, decode to uint8, batch *inside* the worker) -> uint8 NCHW batches in
-channels_last memory, which is what the convolutions want. Conversion to float and the
-[-1, 1] range happens on the training device, where it is cheapest.
+Each rank's DataLoader workers are *reader slots*: slot ``rank * W + w`` of
+``world * W``. A slot reads its shards, shuffles samples through a buffer, decodes
+to uint8 and forms whole batches itself, so the main process only receives finished
+uint8 batches (channels_last memory, which the convolutions want; conversion to float
+happens on the training device).
 
-Points (the 2-D sets): sampled in-process; there is no I/O to hide.
+Two sampling modes (``--sampling``):
 
-Every rank draws its own endless stream, so no rank can run out of data before another
-and hang a collective; the number of steps is decided by the training loop.
+* ``resampled`` (the default): each slot draws shards with replacement, from an RNG
+  seeded by (seed, epoch, rank, worker). Any number of shards serves any number of
+  ranks and workers, every source works (``pipe:`` and http shards need no manifest),
+  slots never share a shard's I/O, and a bad shard is simply replaced by the next
+  draw. An epoch is a fixed number of batches (``--epoch-images``, by default the
+  dataset's size). Training is measured in images shown (kimg) over hundreds of passes,
+  where drawing shards with replacement costs nothing measurable; that is why it is
+  the default.
+* ``exact``: every sample is seen once per epoch across all ranks and workers. The
+  shards are put in an order drawn from (seed, epoch); the samples, numbered in that
+  order, are cut into ``world * W`` contiguous ranges of equal size (within one), one
+  per slot, so sample counts balance however uneven the shards are. Each slot yields
+  ``ceil(ceil(N / slots) / batch)`` batches; the last ones are padded with samples
+  from the start of the slot's own range (at most one batch per slot). It needs the
+  sample count of every shard (a manifest, or local shards, which are counted). With
+  fewer shards than slots it still works: slots then read the same shard and skip
+  over each other's samples, which costs I/O (a message says so).
+
+Both modes give every slot, hence every rank, the same number of batches per epoch,
+so DDP never waits on a rank that ran dry. The order of samples depends only on
+(seed, epoch, rank, worker): the loader state (epoch, batches, and each slot's
+position in its stream) resumes mid-epoch exactly, skipping without decoding.
+
+Bad data is skipped and counted, never fatal, with at most one warning per 10 s per
+process (webdataset's ``warn_and_continue`` sleeps 0.5 s per warning): an image that
+does not decode, a sample without an image, a shard that cannot be opened, is not a
+tar file, or is cut short (the samples before the cut are kept). Only when no shard
+of the list yields a single image does loading stop, with one clear error.
 """
 
 from __future__ import annotations
 
-import glob
 import io
+import itertools
 import logging
-import os
+import math
 import random
 import time
+import urllib.request
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,178 +55,437 @@ import webdataset as wds
 from PIL import Image
 
 from ..errors import UserError
-from . import builtin
-from .shards import MANIFEST, read_manifest
+from . import builtin, tar
+from .images import IMAGE_EXTS, decode_image
+from .sources import ShardSet
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+SAMPLING = ("resampled", "exact")
+#: Images per shard assumed for the epoch length of remote shards without a manifest.
+UNKNOWN_SHARD_IMAGES = 1000
 
 
-@dataclass
-class DataSpec:
-    """What ``--data`` names, resolved: image shards or an embedded point set."""
-
-    kind: str  # "images" or "points"
-    urls: list[str]
-    builtin: str | None = None  # name of the embedded dataset, if any
+class DataUnreadable(Exception):
+    """No shard of the list yields a single image."""
 
 
-def parse_data(spec: str) -> tuple[str | None, str]:
-    """Split ``builtin:NAME`` from a path or URL; validates the builtin name."""
-    if spec.startswith("builtin:"):
-        name = spec.split(":", 1)[1]
-        if name not in builtin.BUILTIN_NAMES:
-            raise UserError(
-                f"--data: unknown embedded dataset {spec!r} (choose from "
-                + ", ".join("builtin:" + n for n in builtin.BUILTIN_NAMES) + ")"
-            )
-        return name, spec
-    return None, spec
+@dataclass(frozen=True)
+class Plan:
+    """What every rank agrees on before reading: slots, and batches per slot and epoch."""
+
+    mode: str
+    world: int
+    workers: int  # DataLoader workers per rank (0: read in the main process)
+    batch: int  # per rank
+    batches_per_slot: int  # per epoch
+
+    @property
+    def readers(self) -> int:
+        """Reader slots per rank."""
+        return max(self.workers, 1)
+
+    @property
+    def slots(self) -> int:
+        return self.world * self.readers
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Per rank: the same on every rank."""
+        return self.batches_per_slot * self.readers
 
 
-def resolve_data(spec: str, res: int, cache_dir: str) -> DataSpec:
-    """Turn ``--data`` into shard URLs (building the embedded shards when needed)."""
-    name, _ = parse_data(spec)
-    if name in builtin.POINT_SETS:
-        return DataSpec("points", [], builtin=name)
-    if name is not None:
-        try:
-            manifest = builtin.builtin_shards(name, res, cache_dir)
-        except OSError as e:
-            raise UserError(f"--cache-dir: cannot write the {spec} shards under {cache_dir}: "
-                            f"{e.strerror or e}") from None
-        return DataSpec("images", _from_manifest(manifest), builtin=name)
-    return DataSpec("images", shard_urls(spec))
+def make_plan(shards: ShardSet, *, mode: str, world: int, workers: int, batch: int,
+              epoch_images: int | None = None) -> Plan:
+    slots = world * max(workers, 1)
+    if mode == "exact":
+        if shards.counts is None:
+            raise UserError("--sampling exact needs the sample count of every shard: give "
+                            "--data a manifest.json (`fastgan shards` writes one) or use "
+                            "--sampling resampled")
+        total = sum(shards.counts)
+        if total == 0:
+            raise UserError("--data: the shards hold no samples")
+        if len(shards.urls) < slots:
+            log.info("exact sampling: %d shard(s) for %d reader slots (%d rank(s) x %d "
+                     "worker(s)): slots share shards and skip over each other's samples; "
+                     "more, smaller shards read less", len(shards.urls), slots, world,
+                     max(workers, 1))
+        per_slot = math.ceil(math.ceil(total / slots) / batch)
+    elif mode == "resampled":
+        size = epoch_images or shards.total
+        if not size:
+            size = UNKNOWN_SHARD_IMAGES * len(shards.urls)
+            log.info("no sample counts for these shards: an epoch is taken as %d images "
+                     "(%d per shard; --epoch-images sets it)", size, UNKNOWN_SHARD_IMAGES)
+        per_slot = max(1, math.ceil(size / (slots * batch)))
+    else:
+        raise UserError(f"--sampling: expected one of {', '.join(SAMPLING)}, got {mode!r}")
+    return Plan(mode, world, workers, batch, per_slot)
 
 
-def shard_urls(spec: str) -> list[str]:
-    """Shard URLs for a directory, a manifest, a .tar path, a brace pattern or a URL."""
-    if spec.startswith(("http://", "https://", "pipe:", "file:")):
-        return wds.shardlists.expand_urls(spec)
-    path = os.path.expanduser(spec)
-    if os.path.isdir(path):
-        if os.path.exists(os.path.join(path, MANIFEST)):
-            return _from_manifest(os.path.join(path, MANIFEST))
-        urls = sorted(glob.glob(os.path.join(path, "*.tar")))
-        if not urls:
-            raise UserError(f"--data: no .tar shards in directory {spec}")
-        return urls
-    if path.endswith(".json"):
-        if not os.path.exists(path):
-            raise UserError(f"--data: no such manifest: {spec}")
-        return _from_manifest(path)
-    urls = wds.shardlists.expand_urls(path)
-    missing = [u for u in urls if not os.path.exists(u)]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise UserError(f"--data: no such file: {missing[0]}{more}")
-    return urls
+def exact_ranges(counts: list[int], *, seed: int, epoch: int, slots: int,
+                 slot: int) -> list[tuple[int, int, int]]:
+    """(shard index, first sample, end sample) that ``slot`` reads in ``epoch``."""
+    order = np.random.default_rng([seed, epoch, 0xE8AC7]).permutation(len(counts))
+    total = sum(counts)
+    lo, hi = slot * total // slots, (slot + 1) * total // slots
+    ranges, pos = [], 0
+    for i in order:
+        a, b = max(lo, pos), min(hi, pos + counts[i])
+        if a < b:
+            ranges.append((int(i), a - pos, b - pos))
+        pos += counts[i]
+    return ranges
 
 
-def _from_manifest(path: str) -> list[str]:
-    try:
-        manifest = read_manifest(path)
-        names = [s["name"] for s in manifest["shards"]]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"--data: unreadable manifest {path}: {e}") from None
-    if not names:
-        raise UserError(f"--data: manifest {path} lists no shards")
-    base = os.path.dirname(path)
-    return [os.path.join(base, n) for n in names]
+def _rng(*key: int) -> random.Random:
+    return random.Random(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
 
 
-# ------------------------------------------------------------------------ images
-
-def decode_image(data: bytes, res: int) -> np.ndarray:
-    """Encoded bytes -> uint8 res x res x 3 (center crop to square, then resize)."""
-    img = Image.open(io.BytesIO(data))
-    if img.format == "JPEG" and min(img.size) >= 2 * res:
-        img.draft("RGB", (res, res))  # DCT-domain downscale: several times faster
-    img = img.convert("RGB")
-    w, h = img.size
-    if w != h:
-        s = min(w, h)
-        left, top = (w - s) // 2, (h - s) // 2
-        img = img.crop((left, top, left + s, top + s))
-    if img.size != (res, res):
-        img = img.resize((res, res), Image.BICUBIC, reducing_gap=2.0)
-    return np.asarray(img)
-
-
-class _WarnAndCount:
-    """webdataset error handler: skip the bad sample or shard, count it, warn sparingly.
-
-    webdataset's own ``warn_and_continue`` sleeps 0.5 s per warning; this one never sleeps
-    and prints at most one warning every 10 seconds per process.
-    """
+class _Skips:
+    """Counters of skipped data, warning at most once per 10 s per process."""
 
     def __init__(self):
-        self.count = 0
-        self._last = 0.0
+        self.samples = self.shards = self.padded = 0
+        self.last_error = ""
+        self._last = -math.inf
 
-    def __call__(self, exn: Exception) -> bool:
-        self.count += 1
+    def sample(self, what: str, exn: BaseException) -> None:
+        self.samples += 1
+        self._warn(what, exn)
+
+    def shard(self, url: str, exn: BaseException) -> None:
+        self.shards += 1
+        self._warn(f"shard {url}", exn)
+
+    def _warn(self, what: str, exn: BaseException) -> None:
+        self.last_error = f"{what}: {exn}"
         now = time.monotonic()
         if now - self._last > 10.0:
             self._last = now
-            log.warning("skipped bad data (%d so far in this process): %s", self.count, exn)
-        return True
+            log.warning("skipped %s (%d sample(s), %d shard read(s) skipped so far in this "
+                        "process): %s", what, self.samples, self.shards, exn)
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        return self.samples, self.shards, self.padded
+
+
+class _ShardHealth:
+    """Tells when no shard of the list can give an image, so that an endless stream
+    stops with an error instead of skipping bad data for ever.
+
+    A shard is hopeless when its last read gave no sample, or when, since its last
+    good image, at least as many of its samples failed to decode as its last read
+    gave (so a shard whose first image is corrupt is not judged before the rest of it
+    has come through the shuffle buffer).
+    """
+
+    def __init__(self, n_urls: int):
+        self.n_urls = n_urls
+        self._given: dict[str, int] = {}
+        self._fails: dict[str, int] = {}
+        self._hopeless: set[str] = set()
+
+    def read(self, url: str, n: int) -> None:
+        self._given[url] = n
+        if n == 0:
+            self._hopeless.add(url)
+
+    def decoded(self, url: str, ok: bool) -> None:
+        if ok:
+            self._fails[url] = 0
+            self._hopeless.discard(url)
+            return
+        self._fails[url] = fails = self._fails.get(url, 0) + 1
+        if fails >= self._given.get(url, math.inf):
+            self._hopeless.add(url)
+
+    def check(self, skips: _Skips) -> None:
+        if len(self._hopeless) >= self.n_urls:
+            raise DataUnreadable(f"none of the {self.n_urls} shard(s) gives a readable "
+                                 f"image (last error: {skips.last_error})")
+
+
+def _open(url: str):
+    if url.startswith(("http://", "https://")):
+        return urllib.request.urlopen(url, timeout=60)
+    if url.startswith("pipe:"):
+        return wds.gopen(url, "rb")
+    return open(url.removeprefix("file:"), "rb", buffering=1 << 20)
 
 
 class ImageBatches(torch.utils.data.IterableDataset):
-    """An endless stream of uint8 batches [B, 3, res, res] for one rank.
+    """One rank's endless stream of batch records (see :class:`BatchStream`)."""
 
-    Shards are drawn with replacement, independently per (seed, rank, worker), so any
-    number of shards serves any number of ranks and workers and no stream runs dry.
-    """
-
-    def __init__(self, urls: list[str], res: int, batch: int, *, seed: int, rank: int,
-                 shuffle: int = 2000):
+    def __init__(self, shards: ShardSet, res: int, plan: Plan, *, seed: int, rank: int,
+                 shuffle: int = 2000, start: dict | None = None):
         super().__init__()
-        self.urls, self.res, self.batch = list(urls), res, batch
+        self.shards, self.res, self.plan = shards, res, plan
         self.seed, self.rank, self.shuffle = seed, rank, shuffle
-        self.skipped = _WarnAndCount()
-
-    def _worker_seed(self) -> int:
-        info = torch.utils.data.get_worker_info()
-        worker = info.id if info is not None else 0
-        return int(np.random.SeedSequence([self.seed, self.rank, worker]).generate_state(1)[0])
-
-    def _decode(self, sample: dict):
-        for ext in IMAGE_EXTS:
-            if ext in sample:
-                return decode_image(sample[ext], self.res)
-        raise ValueError(f"sample {sample.get('__key__')!r} has no image ({', '.join(IMAGE_EXTS)})")
+        self.start = start or {}
+        self.ring: torch.Tensor | None = None  # set by BatchStream when workers are used
+        if self.start and (self.start.get("world"), self.start.get("workers"),
+                           self.start.get("mode")) != (plan.world, plan.workers, plan.mode):
+            log.warning("the loader state is for another layout (%s): starting the "
+                        "epoch afresh", {k: self.start.get(k)
+                                         for k in ("world", "workers", "mode")})
+            self.start = {"epoch": self.start.get("epoch", 0)}
 
     def __iter__(self):
-        worker_seed = self._worker_seed()
-        pipeline = wds.DataPipeline(
-            wds.ResampledShards(self.urls, seed=worker_seed, deterministic=True,
-                                worker_seed=lambda: 0),
-            wds.tarfile_to_samples(handler=self.skipped),
-            wds.shuffle(self.shuffle, initial=min(self.shuffle, 500),
-                        rng=random.Random(worker_seed)),
-            wds.map(self._decode, handler=self.skipped),
-            wds.batched(self.batch, collation_fn=_stack, partial=False),
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id
+        local = (worker + self.start.get("rotate", 0)) % self.plan.readers
+        slot = self.rank * self.plan.readers + local
+        epoch, batch, raw = self._start_of(slot)
+        reader = _SlotReader(self, slot)
+        try:
+            while True:
+                yield from reader.epoch(epoch, batch, raw)
+                epoch, batch, raw = epoch + 1, 0, 0
+        except DataUnreadable as e:
+            yield {"error": str(e)}
+
+    def _start_of(self, slot: int) -> tuple[int, int, int]:
+        pos = self.start.get("slots", {}).get(str(slot))
+        if pos is None:
+            return self.start.get("epoch", 0), 0, 0
+        epoch, batch, raw = pos
+        if batch >= self.plan.batches_per_slot:
+            return epoch + 1, 0, 0
+        return epoch, batch, raw
+
+
+class _SlotReader:
+    """The reading of one slot (one worker of one rank), epoch after epoch."""
+
+    def __init__(self, ds: ImageBatches, slot: int):
+        self.ds, self.slot = ds, slot
+        self.skips = _Skips()
+        self._health = _ShardHealth(len(set(ds.shards.urls)))
+        self.made = 0  # batches made: the next ring buffer
+        self.check_size = ds.shards.resolution is None and slot == 0
+
+    # ---- raw samples (undecoded), in the slot's order
+    def _shard(self, url: str, start: int = 0, stop: int | None = None):
+        """The samples of one shard; any failure ends it, counted (what came stays)."""
+        n = 0
+        try:
+            stream = _open(url)
+        except Exception as e:  # noqa: BLE001 (unreachable URL, failing command...)
+            self.skips.shard(url, e)
+            self._health.read(url, 0)
+            return
+        finished = False
+        try:
+            for sample in tar.samples(stream, url, start, stop):
+                n += 1
+                yield sample
+            finished = True
+        except Exception as e:  # noqa: BLE001 (not a tar, truncated, connection lost)
+            self.skips.shard(url, e)
+        finally:
+            try:
+                stream.close()
+            except Exception as e:  # noqa: BLE001 (a pipe's command failed)
+                if finished:  # an early close kills a pipe's writer: that is no error
+                    self.skips.shard(url, e)
+            self._health.read(url, n)
+
+    def _resampled_shards(self, epoch: int):
+        urls = self.ds.shards.urls
+        rng = _rng(self.ds.seed, epoch, self.slot, 1)
+        while True:
+            yield from self._shard(rng.choice(urls))
+            self._health.check(self.skips)
+
+    def _exact_shards(self, epoch: int):
+        ds = self.ds
+        for i, a, b in exact_ranges(ds.shards.counts, seed=ds.seed, epoch=epoch,
+                                    slots=ds.plan.slots, slot=self.slot):
+            yield from self._shard(ds.shards.urls[i], a, b)
+
+    def _raw(self, epoch: int, resampled: bool):
+        ds = self.ds
+        source = self._resampled_shards(epoch) if resampled else self._exact_shards(epoch)
+        rng = _rng(ds.seed, epoch, self.slot, 2)
+        return wds.shuffle(ds.shuffle, min(ds.shuffle, 500), rng=rng)(source)
+
+    # ---- decoded samples
+    def _decoded(self, raw, *, endless: bool):
+        """(image, label, key) of the samples that decode. ``endless`` (resampled)
+        streams raise :class:`DataUnreadable` once no shard can give an image."""
+        for sample in raw:
+            data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
+            try:
+                if data is None:
+                    raise ValueError(f"no image member ({', '.join(IMAGE_EXTS)}) among "
+                                     f"{sorted(k for k in sample if not k.startswith('__'))}")
+                if self.check_size:
+                    self._check_size(data)
+                image = decode_image(data, self.ds.res)
+            except Exception as e:  # noqa: BLE001 (whatever Pillow raises for bad bytes)
+                self.skips.sample(f"sample {sample['__key__']} of {sample['__url__']}", e)
+                self._health.decoded(sample["__url__"], False)
+                if endless:
+                    self._health.check(self.skips)
+                continue
+            self._health.decoded(sample["__url__"], True)
+            try:
+                label = int(sample["cls"]) if "cls" in sample else -1
+            except ValueError:
+                label = -1
+            yield image, label, sample["__key__"]
+
+    def _check_size(self, data: bytes) -> None:
+        self.check_size = False
+        size = Image.open(io.BytesIO(data)).size
+        if size != (self.ds.res, self.ds.res):
+            log.warning("the shards hold %dx%d images: resizing to %d while loading",
+                        *size, self.ds.res)
+
+    def _padding(self, epoch: int):
+        """Samples to fill an exact epoch's last batches: the slot's own from the start,
+        or, when none of them decodes, samples drawn from all shards."""
+        while True:
+            got = False
+            for item in self._decoded(self._raw(epoch, resampled=False), endless=False):
+                got = True
+                yield item
+            if not got:
+                yield from self._decoded(self._raw(epoch, resampled=True), endless=True)
+
+    # ---- batches
+    def epoch(self, epoch: int, first_batch: int, skip_raw: int):
+        plan = self.ds.plan
+        exact = plan.mode == "exact"
+        counted = _Counted(self._raw(epoch, resampled=not exact))
+        for _ in itertools.islice(counted, skip_raw):  # resume: skip without decoding
+            pass
+        good = self._decoded(counted, endless=not exact)
+        padding = None
+        for b in range(first_batch, plan.batches_per_slot):
+            items = list(itertools.islice(good, plan.batch))
+            if len(items) < plan.batch:
+                padding = padding or self._padding(epoch)
+                missing = plan.batch - len(items)
+                items += itertools.islice(padding, missing)
+                self.skips.padded += missing
+            yield self._record(items, epoch, b + 1, counted.n)
+
+    def _record(self, items: list, epoch: int, batch: int, raw: int) -> dict:
+        ring, index = self.ds.ring, None
+        if ring is None:
+            images = torch.empty((len(items), *items[0][0].shape), dtype=torch.uint8)
+        else:
+            index = self.made % ring.shape[1]
+            images = ring[torch.utils.data.get_worker_info().id, index]
+        self.made += 1
+        out = images.numpy()
+        for i, item in enumerate(items):
+            out[i] = item[0]
+        return {
+            # N H W C contiguous, viewed as N C H W: channels_last memory, for free
+            "images": images.permute(0, 3, 1, 2) if ring is None else None,
+            "ring_index": index,
+            # plain lists, not tensors: each tensor costs a shared-memory handover
+            "labels": [it[1] for it in items],
+            "keys": [it[2] for it in items],
+            "slot": self.slot, "epoch": epoch, "batch": batch, "raw": raw,
+            "skips": self.skips.as_tuple(),
+        }
+
+
+class _Counted:
+    """An iterator that counts what it hands out (the slot's position, for resume)."""
+
+    def __init__(self, it):
+        self.it, self.n = iter(it), 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = next(self.it)
+        self.n += 1
+        return item
+
+
+class BatchStream:
+    """The loader as the training loop sees it: uint8 batches, a state, skip counts.
+
+    ``state_dict()`` is this rank's position: the epoch, batches taken in it, and each
+    slot's position in its own stream; give it back as ``start`` to continue exactly.
+    """
+
+    SKIP_NAMES = ("data_skipped_samples", "data_skipped_shards", "data_padded")
+
+    PREFETCH = 4  # batches in flight per worker
+
+    def __init__(self, dataset: ImageBatches):
+        self.plan = plan = dataset.plan
+        self.rank = dataset.rank
+        if plan.workers > 0:
+            # Workers write batches into buffers shared once, here, instead of a fresh
+            # shared-memory segment per batch (a handover and ~400 page faults each:
+            # a fifth of the loader's time at 64x64). A worker reuses a buffer
+            # PREFETCH + 2 batches later; the DataLoader lets it run at most PREFETCH
+            # batches ahead of what has been taken, so a batch stays valid until the
+            # next call of next() and beyond.
+            shape = (plan.workers, self.PREFETCH + 2, plan.batch, dataset.res, dataset.res, 3)
+            dataset.ring = torch.empty(shape, dtype=torch.uint8).share_memory_()
+        self.ring = dataset.ring
+        self.loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=None,  # batches are formed inside the workers
+            num_workers=plan.workers,
+            persistent_workers=plan.workers > 0,
+            prefetch_factor=self.PREFETCH if plan.workers > 0 else None,
+            pin_memory=torch.cuda.is_available(),
         )
-        return iter(pipeline)
+        self._it = iter(self.loader)
+        self._taken = 0
+        start = dataset.start
+        self.epoch, self.batch = start.get("epoch", 0), start.get("batch", 0)
+        self.slots: dict[str, list[int]] = dict(start.get("slots", {}))
+        self._skips: dict[int, tuple] = {}
+        self.labels: list[int] = []  # of the last batch (-1: no label)
+        self.keys: list[str] = []
 
+    def __iter__(self):
+        return self
 
-def _stack(images: list[np.ndarray]) -> torch.Tensor:
-    # N H W C contiguous, viewed as N C H W: that is channels_last memory, for free.
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    def __next__(self) -> torch.Tensor:
+        rec = next(self._it)
+        if "error" in rec:
+            raise UserError(f"--data: {rec['error']}")
+        expected = self.rank * self.plan.readers + self.batch % self.plan.readers
+        if rec["slot"] != expected:  # the round-robin the state relies on
+            raise RuntimeError(f"loader order broken: batch from slot {rec['slot']}, "
+                               f"expected slot {expected}")
+        self.slots[str(rec["slot"])] = [rec["epoch"], rec["batch"], rec["raw"]]
+        self._skips[rec["slot"]] = rec["skips"]
+        self.labels, self.keys = rec["labels"], rec["keys"]
+        worker = self._taken % self.plan.readers  # DataLoader workers take turns
+        self._taken += 1
+        self.batch += 1
+        if self.batch == self.plan.batches_per_epoch:
+            self.epoch, self.batch = self.epoch + 1, 0
+        if rec["images"] is not None:
+            return rec["images"]
+        return self.ring[worker, rec["ring_index"]].permute(0, 3, 1, 2)
 
+    def skip_counts(self) -> list[int]:
+        """Cumulative (samples skipped, shard reads skipped, padding samples) of this
+        rank's slots, as far as the batches taken so far tell."""
+        return [sum(s[i] for s in self._skips.values()) for i in range(3)]
 
-def image_loader(dataset: ImageBatches, workers: int) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=None,  # batches are formed inside the workers
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
-        pin_memory=torch.cuda.is_available(),
-    )
+    def state_dict(self) -> dict:
+        p = self.plan
+        return {"mode": p.mode, "world": p.world, "workers": p.workers,
+                "epoch": self.epoch, "batch": self.batch,
+                "samples": self.batch * p.batch, "rotate": self.batch % p.readers,
+                "slots": dict(self.slots)}
 
 
 # ------------------------------------------------------------------------ points

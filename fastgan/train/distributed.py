@@ -81,6 +81,22 @@ def all_reduce_mean(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return t
 
 
+def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.world > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def all_gather_object(obj, d: Dist) -> list:
+    """``obj`` of every rank, in rank order, on every rank."""
+    if d.world == 1:
+        return [obj]
+    out = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_grads(module: nn.Module, d: Dist) -> None:
     """Average the gradients of ``module`` over ranks (for phases that bypass DDP)."""
     if d.world == 1:

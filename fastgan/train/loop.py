@@ -20,7 +20,8 @@ from tqdm import tqdm
 from .. import models, sampling
 from ..config import TrainConfig, total_steps
 from ..data import builtin
-from ..data.stream import ImageBatches, PointBatches, image_loader, resolve_data
+from ..data.sources import resolve_data
+from ..data.stream import BatchStream, ImageBatches, PointBatches, make_plan
 from ..errors import UserError
 from . import checkpoint, distributed
 from .phases import GANStep
@@ -66,7 +67,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     if m.pack > 1 and per_rank % m.pack:
         raise UserError(f"--batch: {per_rank} per rank is not a multiple of --pack {m.pack}")
     steps = total_steps(cfg)
-    spec = resolve_data(cfg.data.data, cfg.data.res, cfg.data.cache_dir)
+    dc = cfg.data
+    spec = resolve_data(dc.data, dc.res, dc.cache_dir, count=dc.sampling == "exact"
+                        or dc.epoch_images is None)
     run_dir = Path(cfg.run.out)  # created only once the data is known to be there
     if d.is_main:
         if (run_dir / "config.json").exists():
@@ -92,9 +95,13 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     torch.manual_seed(cfg.run.seed * 1000 + d.rank + 1)
 
     if spec.kind == "images":
-        stream = ImageBatches(spec.urls, cfg.data.res, per_rank, seed=cfg.run.seed,
-                              rank=d.rank, shuffle=cfg.data.shuffle)
-        batches = iter(image_loader(stream, cfg.data.workers))
+        plan = make_plan(spec.shards, mode=dc.sampling, world=d.world, workers=dc.workers,
+                         batch=per_rank, epoch_images=dc.epoch_images)
+        if d.is_main and spec.shards.resolution not in (None, dc.res):
+            log.warning("the shards hold %dx%d images: resizing to %d while loading",
+                        spec.shards.resolution, spec.shards.resolution, dc.res)
+        batches = BatchStream(ImageBatches(spec.shards, dc.res, plan, seed=cfg.run.seed,
+                                           rank=d.rank, shuffle=dc.shuffle))
     else:
         batches = iter(PointBatches(spec.builtin, per_rank, seed=cfg.run.seed, rank=d.rank))
 
@@ -131,6 +138,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
 
     def save_checkpoint(step: int) -> Path | None:
         distributed.check_consistent({"G": G, "D": D}, d)
+        # every rank's loader position, so that a resumed run continues each stream
+        data_states = distributed.all_gather_object(
+            batches.state_dict() if isinstance(batches, BatchStream) else None, d)
         if not d.is_main:
             return None
         state = {
@@ -139,6 +149,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
             "sched_G": schedulers[0].state_dict(), "sched_D": schedulers[1].state_dict(),
             "step": step, "config": cfg.to_dict(),
             "rng_cpu": torch.get_rng_state(),
+            "data": data_states,
         }
         gen = {**generator_meta, "state_dict": G.state_dict(), "step": step}
         return checkpoint.save(run_dir, step, state, gen, lp.keep_ckpts)
@@ -166,6 +177,12 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
             if step % lp.log_every == 0 or step == steps:
                 names, means = gan_step.take_stats()
                 stats = distributed.all_reduce_mean(means, d).tolist()
+                data_stats = {}
+                if isinstance(batches, BatchStream):
+                    skips = distributed.all_reduce_sum(
+                        torch.tensor(batches.skip_counts(), dtype=torch.float64), d)
+                    data_stats = {"epoch": batches.epoch, **{
+                        k: int(v) for k, v in zip(BatchStream.SKIP_NAMES, skips.tolist())}}
                 now = time.perf_counter()
                 if d.is_main:
                     record = {
@@ -174,6 +191,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                         **{k: round(v, 5) for k, v in zip(names, stats)},
                         "img_s": round((step - last_step) * lp.batch / (now - last_t), 1),
                         "elapsed_s": round(now - start, 2),
+                        **data_stats,
                         **scorer(G),
                     }
                     metrics_file.write(json.dumps(record) + "\n")
@@ -228,6 +246,9 @@ def _print_summary(s: dict) -> None:
         f"loss_G {r.get('loss_G', float('nan')):.3f}, D(x) {r.get('D(x)', float('nan')):.3f}, "
         f"D(G(z)) {r.get('D(G(z))', float('nan')):.3f}",
     ]
+    if r.get("data_skipped_samples") or r.get("data_skipped_shards"):
+        lines.append(f"  data: skipped {r['data_skipped_samples']} bad sample(s) and "
+                     f"{r['data_skipped_shards']} failed shard read(s) (see the warnings)")
     if "modes_covered" in r:
         line = f"  modes: {r['modes_covered']}/{r['modes_total']} covered"
         if "recognisable" in r:
