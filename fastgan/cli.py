@@ -97,6 +97,18 @@ def shard_options(args: argparse.Namespace):
                         labels=args.labels)
 
 
+def _bench_parser(sub) -> argparse.ArgumentParser:
+    from .bench import data as bench_data
+
+    p = sub.add_parser("bench", help="measure throughput against baselines",
+                       description="Throughput benchmarks; each prints a table of ratios "
+                       "measured in one run.")
+    kinds = p.add_subparsers(dest="bench", metavar="KIND", parser_class=_Parser)
+    kinds.required = True
+    bench_data.main_args(kinds)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastgan", description="Fast, distributed GAN training.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -104,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _sample_parser(sub)
     _shards_parser(sub)
+    _bench_parser(sub)
     return parser
 
 
@@ -154,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             manifest = make_shards(args.src, args.out_dir, shard_options(args),
                                    progress=args.progress)
             print(summary_line(manifest, args.out_dir), file=sys.stderr)
+        elif args.command == "bench":
+            from .bench import data as bench_data
+
+            bench_data.run(bench_data.from_args(args))
         return 0
     except UserError as e:
         print(f"fastgan {args.command}: error: {e}", file=sys.stderr)

@@ -1,0 +1,259 @@
+"""``fastgan bench data``: images/s of the fastgan loader, beside two yardsticks
+measured in the same run on the same images:
+
+* **folder**: the classic PyTorch-examples pipeline (the DCGAN example's ImageFolder):
+  one file per image, a DataLoader with workers, per image a PIL decode, a resize of
+  the shorter side, a centre crop, conversion to a normalised float tensor, and
+  collation in the main process;
+* **limit**: what the cores can decode: one process decoding the same encoded bytes
+  from memory with the loader's own decode, times the number of cores.
+
+Without ``--folder`` the shards' images are written out as files to a temporary
+folder. ``--synthetic N`` makes the sources too: N photo-like JPEGs (1/f noise, whose
+spectrum is that of natural images, so they compress and decode like photographs) of
+``--source-res``, and shards of them at the training resolution, as
+``fastgan shards --res`` makes them: the way to prepare data, since the loader then
+decodes small JPEGs while the folder pipeline decodes the sources.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import UserError
+from ..data import images, tar
+from ..data.make_shards import ShardOptions, list_sources, make_shards
+from ..data.sources import shard_set
+from ..data.stream import BatchStream, ImageBatches, make_plan
+
+
+@dataclass
+class DataBenchOptions:
+    data: str | None = None
+    folder: str | None = None
+    synthetic: int | None = None
+    source_res: int = 256
+    res: int = 64
+    batch: int = 64
+    workers: int = 2
+    seconds: float = 10.0
+    max_images: int = 4000
+    json: str | None = None
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# ------------------------------------------------------------------ sources
+
+def synthetic_photo(rng: np.random.Generator, res: int) -> np.ndarray:
+    """A res x res RGB image with a 1/f spectrum: octaves of smooth noise."""
+    img = np.zeros((res, res, 3), np.float32)
+    octave = 1
+    while 2 ** octave <= res:
+        n = 2 ** octave
+        field = rng.normal(size=(n, n, 3)).astype(np.float32)
+        field[..., 1:] = 0.6 * field[..., :1] + 0.4 * field[..., 1:]  # correlated colours
+        small = Image.fromarray((field * 40 + 128).clip(0, 255).astype(np.uint8))
+        img += (np.asarray(small.resize((res, res), Image.BICUBIC), np.float32) - 128) \
+            / octave ** 0.7
+        octave += 1
+    return (img / 2 + 128).clip(0, 255).astype(np.uint8)
+
+
+def write_synthetic(folder: Path, n: int, res: int) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(synthetic_photo(rng, res)).save(folder / f"{i:06d}.jpg", quality=90)
+
+
+def encoded_images(urls: list[str], limit: int) -> list[tuple[str, bytes]]:
+    """(extension, bytes) of the first ``limit`` images of the shards."""
+    out = []
+    for url in urls:
+        with open(url, "rb") as fh:
+            for sample in tar.samples(fh, url):
+                ext = next((e for e in images.IMAGE_EXTS if e in sample), None)
+                if ext is not None:
+                    out.append((ext, sample[ext]))
+                    if len(out) == limit:
+                        return out
+    return out
+
+
+# ------------------------------------------------------------------ the three pipelines
+
+class FolderImages(torch.utils.data.Dataset):
+    """The classic pipeline: ImageFolder + Resize + CenterCrop + ToTensor + Normalize."""
+
+    def __init__(self, root: str, res: int):
+        self.paths = [os.path.join(root, p) for p in list_sources(root)[0]]
+        self.res = res
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        with open(self.paths[i], "rb") as fh:
+            img = Image.open(fh).convert("RGB")
+        w, h = img.size
+        scale = self.res / min(w, h)
+        img = img.resize((max(self.res, round(w * scale)), max(self.res, round(h * scale))),
+                         Image.BILINEAR)
+        img = images.center_square(img)
+        x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float().div_(255)
+        return x.sub_(0.5).div_(0.5)
+
+
+def _rate(batches, seconds: float, warmup: int = 4) -> float:
+    """Images/s of an iterator of batches, after ``warmup`` batches (workers starting)."""
+    it = iter(batches)
+    for _ in range(warmup):
+        next(it)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        n += len(next(it))
+    return n / (time.perf_counter() - start)
+
+
+def _endless(loader):
+    while True:
+        yield from loader
+
+
+def loader_rate(opts: DataBenchOptions, data: str) -> float:
+    shards = shard_set(data, count=True)
+    plan = make_plan(shards, mode="resampled", world=1, workers=opts.workers,
+                     batch=opts.batch)
+    return _rate(BatchStream(ImageBatches(shards, opts.res, plan, seed=0, rank=0)),
+                 opts.seconds)
+
+
+def folder_rate(opts: DataBenchOptions, folder: str) -> float:
+    dataset = FolderImages(folder, opts.res)
+    if len(dataset) < opts.batch:
+        raise UserError(f"--folder: {len(dataset)} images in {folder}, fewer than a batch")
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=opts.batch, shuffle=True,
+        num_workers=opts.workers, persistent_workers=opts.workers > 0, drop_last=True)
+    return _rate(_endless(loader), opts.seconds)
+
+
+def limit_rate(encoded: list[tuple[str, bytes]], res: int, seconds: float) -> float:
+    """Single-process decode rate of the loader's own decode (at least ``seconds``)."""
+    n, start = 0, time.perf_counter()
+    while True:
+        for _, data in encoded:
+            images.decode_image(data, res)
+        n += len(encoded)
+        if time.perf_counter() - start >= seconds:
+            return n / (time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------ the command
+
+def run(opts: DataBenchOptions) -> dict:
+    if (opts.data is None) == (opts.synthetic is None):
+        raise UserError("bench data: give --data SHARDS or --synthetic N")
+    for name in ("res", "batch", "max_images", "source_res"):
+        if getattr(opts, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')}: must be >= 1")
+    if opts.workers < 0 or opts.seconds <= 0:
+        raise UserError("--workers must be >= 0 and --seconds > 0")
+    torch.set_num_threads(1)  # the main process only receives; workers do the work
+    with tempfile.TemporaryDirectory(prefix="fastgan-bench-data-") as tmp:
+        data, folder = opts.data, opts.folder
+        if opts.synthetic is not None:
+            folder = str(Path(tmp) / "images")
+            write_synthetic(Path(folder), opts.synthetic, opts.source_res)
+            data = str(Path(tmp) / "shards")
+            make_shards(folder, data, ShardOptions(res=opts.res, workers=cores(),
+                                                   shard_size=1000), progress=False)
+        urls = shard_set(data).urls
+        if any(u.startswith(("http://", "https://", "pipe:")) for u in urls):
+            raise UserError("bench data: --data must be local shards")
+        encoded = encoded_images(urls, opts.max_images)
+        if not encoded:
+            raise UserError(f"--data: no images in {data}")
+        if folder is None:
+            folder = str(Path(tmp) / "images")
+            os.makedirs(folder)
+            for i, (ext, blob) in enumerate(encoded):
+                Path(folder, f"{i:08d}.{ext}").write_bytes(blob)
+        elif not os.path.isdir(folder):
+            raise UserError(f"--folder: no such folder: {folder}")
+        with Image.open(io.BytesIO(encoded[0][1])) as first:
+            source_size = first.size
+
+        n_cores = cores()
+        per_core = limit_rate(encoded, opts.res, min(opts.seconds, 5.0))
+        result = {
+            "loader_img_s": loader_rate(opts, data),
+            "folder_img_s": folder_rate(opts, folder),
+            "limit_img_s": per_core * n_cores,
+            "limit_per_core_img_s": per_core,
+            "cores": n_cores, "workers": opts.workers, "batch": opts.batch,
+            "res": opts.res, "source_size": list(source_size),
+            "data": opts.data or f"synthetic:{opts.synthetic}",
+        }
+    result["loader_vs_folder"] = result["loader_img_s"] / result["folder_img_s"]
+    result["loader_of_limit"] = result["loader_img_s"] / result["limit_img_s"]
+    print(table(result))
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def table(r: dict) -> str:
+    w, h = r["source_size"]
+    rows = [("fastgan loader", r["loader_img_s"]),
+            ("folder DataLoader (classic)", r["folder_img_s"]),
+            (f"decode limit ({r['cores']} cores)", r["limit_img_s"])]
+    lines = [f"fastgan bench data: {w}x{h} sources -> {r['res']}x{r['res']}, batch "
+             f"{r['batch']}, {r['workers']} worker(s), {r['data']}",
+             f"{'':30s}{'img/s':>9s}{'vs folder':>11s}{'of limit':>10s}"]
+    for name, v in rows:
+        lines.append(f"{name:30s}{v:9.0f}{v / r['folder_img_s']:10.2f}x"
+                     f"{100 * v / r['limit_img_s']:9.0f}%")
+    return "\n".join(lines)
+
+
+def main_args(sub) -> None:
+    p = sub.add_parser("data", help="data loader throughput against yardsticks",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="local shards (a directory, manifest or pattern)")
+    p.add_argument("--folder", help="the same images as files (default: written out from "
+                   "the shards to a temporary folder)")
+    p.add_argument("--synthetic", type=int, metavar="N",
+                   help="make N synthetic photo-like JPEG sources and shards of them")
+    p.add_argument("--source-res", type=int, default=256,
+                   help="size of the synthetic sources (default: 256)")
+    p.add_argument("--res", type=int, default=64, help="training resolution (default: 64)")
+    p.add_argument("--batch", type=int, default=64, help="batch size (default: 64)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (default: 2)")
+    p.add_argument("--seconds", type=float, default=10.0,
+                   help="measuring time per pipeline (default: 10)")
+    p.add_argument("--max-images", type=int, default=4000,
+                   help="images decoded for the limit and written to the folder "
+                   "(default: 4000)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def from_args(args) -> DataBenchOptions:
+    return DataBenchOptions(**{k: getattr(args, k) for k in DataBenchOptions.__dataclass_fields__})
+
