@@ -17,7 +17,8 @@ def test_bench_data_synthetic(tmp_path):
     result = json.loads(out.read_text())
     for key in ("loader_img_s", "folder_img_s", "limit_img_s"):
         assert result[key] > 0
-    assert result["source_size"] == [16, 16] and result["res"] == 16
+    assert result["folder_image_size"] == [48, 48] and result["res"] == 16
+    assert result["shard_image_size"] == [16, 16]  # written at the training resolution
     assert abs(result["loader_vs_folder"] - result["loader_img_s"] / result["folder_img_s"]) < 1e-9
 
 
@@ -28,6 +29,6 @@ def test_bench_data_on_given_shards(tmp_path):
     r = run_fastgan("bench", "data", "--data", str(tmp_path / "s"), "--res", "8", "--batch",
                     "4", "--workers", "0", "--seconds", "0.3")
     assert r.returncode == 0, r.stderr
-    assert "8x8 sources -> 8x8" in r.stdout
+    assert "shards of 8x8, folder of 8x8 -> 8x8" in r.stdout
     r = run_fastgan("bench", "data", "--data", str(tmp_path / "s"), "--synthetic", "5")
     assert r.returncode == 2 and "give --data SHARDS or --synthetic N" in r.stderr

@@ -299,3 +299,15 @@ def test_http_shards(http_root):
     pattern = shard_set(f"{url}/s/shard-{{000000..000002}}.tar")
     assert len(pattern.urls) == 3
     assert next(stream(pattern, batch=4)).shape == (4, 3, 8, 8)
+
+
+def test_exact_with_fewer_shards_than_slots(tmp_path):
+    """1 shard for 2 ranks x 2 workers: the slots share it, each reading its own range."""
+    keys = write_uneven_shards(tmp_path / "s", [10])
+    shards = shard_set(str(tmp_path / "s"))
+    seen, counts = [], []
+    for rank in range(2):
+        batches = stream(shards, mode="exact", workers=2, batch=2, rank=rank, world=2)
+        counts.append(batches.plan.batches_per_epoch)
+        seen += take_keys(batches, batches.plan.batches_per_epoch)
+    assert counts == [4, 4] and set(seen) == set(keys) and len(seen) == 16

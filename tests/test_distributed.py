@@ -38,10 +38,15 @@ def test_torchrun_two_ranks_shapes(tmp_path, cache_dir):
     run = tmp_path / "run"
     r = _torchrun(["train", "--steps", "6", "--batch", "16", "--width", "8",
                    "--log-every", "3", "--ckpt-every", "3", "--metric-samples", "32",
-                   "--workers", "1", "--no-progress", "--out", str(run),
+                   "--workers", "1", "--sampling", "exact", "--no-progress", "--out", str(run),
                    "--cache-dir", cache_dir])
     assert r.returncode == 0, r.stderr[-3000:]
     assert (run / "checkpoints" / "step-00000006" / "COMPLETE").exists()
+    state = torch.load(run / "checkpoints" / "step-00000006" / "state.pt", weights_only=True)
+    ranks = state["data"]  # every rank's loader position, for a resume
+    assert [r["mode"] for r in ranks] == ["exact", "exact"]
+    assert all(r["epoch"] == 0 and r["batch"] == 6 and r["samples"] == 48 for r in ranks)
+    assert sorted(ranks[1]["slots"]) == ["1"]  # rank 1 reads slot 1 of 2
 
 
 @pytest.mark.slow

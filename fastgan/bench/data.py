@@ -19,6 +19,7 @@ decodes small JPEGs while the folder pipeline decodes the sources.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import tempfile
@@ -116,19 +117,38 @@ class FolderImages(torch.utils.data.Dataset):
         img = img.resize((max(self.res, round(w * scale)), max(self.res, round(h * scale))),
                          Image.BILINEAR)
         img = images.center_square(img)
-        x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float().div_(255)
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div_(255)
         return x.sub_(0.5).div_(0.5)
 
 
-def _rate(batches, seconds: float, warmup: int = 4) -> float:
-    """Images/s of an iterator of batches, after ``warmup`` batches (workers starting)."""
-    it = iter(batches)
-    for _ in range(warmup):
-        next(it)
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        n += len(next(it))
-    return n / (time.perf_counter() - start)
+class Meter:
+    """One pipeline under measurement: ``take()`` processes a batch and returns its size.
+
+    The three pipelines are measured in turns (``ROUNDS`` slices each), so that a
+    machine whose speed drifts (shared cores) shifts them alike and the ratios hold.
+    A loader paused while another is measured fills its prefetch queue; those batches
+    are taken untimed (``drain``) before each slice.
+    """
+
+    def __init__(self, take, drain: int):
+        self.take, self.drain = take, drain
+        self.images, self.seconds = 0, 0.0
+
+    def measure(self, seconds: float) -> None:
+        for _ in range(self.drain):
+            self.take()
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            self.images += self.take()
+        self.seconds += time.perf_counter() - start
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
+
+
+ROUNDS = 3
+PREFETCH = 4  # batches per worker, for both loaders
 
 
 def _endless(loader):
@@ -136,33 +156,36 @@ def _endless(loader):
         yield from loader
 
 
-def loader_rate(opts: DataBenchOptions, data: str) -> float:
+def loader_meter(opts: DataBenchOptions, data: str) -> Meter:
     shards = shard_set(data, count=True)
     plan = make_plan(shards, mode="resampled", world=1, workers=opts.workers,
                      batch=opts.batch)
-    return _rate(BatchStream(ImageBatches(shards, opts.res, plan, seed=0, rank=0)),
-                 opts.seconds)
+    it = BatchStream(ImageBatches(shards, opts.res, plan, seed=0, rank=0))
+    return Meter(lambda: len(next(it)), drain=PREFETCH * opts.workers + 2)
 
 
-def folder_rate(opts: DataBenchOptions, folder: str) -> float:
+def folder_meter(opts: DataBenchOptions, folder: str) -> Meter:
     dataset = FolderImages(folder, opts.res)
     if len(dataset) < opts.batch:
         raise UserError(f"--folder: {len(dataset)} images in {folder}, fewer than a batch")
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=opts.batch, shuffle=True,
-        num_workers=opts.workers, persistent_workers=opts.workers > 0, drop_last=True)
-    return _rate(_endless(loader), opts.seconds)
+        dataset, batch_size=opts.batch, shuffle=True, num_workers=opts.workers,
+        persistent_workers=opts.workers > 0, drop_last=True,
+        prefetch_factor=PREFETCH if opts.workers else None)
+    it = _endless(loader)
+    return Meter(lambda: len(next(it)), drain=PREFETCH * opts.workers + 2)
 
 
-def limit_rate(encoded: list[tuple[str, bytes]], res: int, seconds: float) -> float:
-    """Single-process decode rate of the loader's own decode (at least ``seconds``)."""
-    n, start = 0, time.perf_counter()
-    while True:
-        for _, data in encoded:
+def limit_meter(encoded: list[tuple[str, bytes]], res: int, chunk: int) -> Meter:
+    """The loader's own decode of the same bytes, in this one process."""
+    blobs = itertools.cycle([data for _, data in encoded])
+
+    def take() -> int:
+        for data in itertools.islice(blobs, chunk):
             images.decode_image(data, res)
-        n += len(encoded)
-        if time.perf_counter() - start >= seconds:
-            return n / (time.perf_counter() - start)
+        return chunk
+
+    return Meter(take, drain=0)
 
 
 # ------------------------------------------------------------------ the command
@@ -198,17 +221,29 @@ def run(opts: DataBenchOptions) -> dict:
         elif not os.path.isdir(folder):
             raise UserError(f"--folder: no such folder: {folder}")
         with Image.open(io.BytesIO(encoded[0][1])) as first:
-            source_size = first.size
+            shard_size = first.size
+        first_file = os.path.join(folder, list_sources(folder)[0][0])
+        with Image.open(first_file) as first:
+            folder_size = first.size
 
         n_cores = cores()
-        per_core = limit_rate(encoded, opts.res, min(opts.seconds, 5.0))
+        meters = {"loader": loader_meter(opts, data), "folder": folder_meter(opts, folder),
+                  "limit": limit_meter(encoded, opts.res, opts.batch)}
+        for meter in meters.values():  # workers started, caches warm
+            meter.measure(0.5)
+            meter.images, meter.seconds = 0, 0.0
+        for _ in range(ROUNDS):
+            for meter in meters.values():
+                meter.measure(opts.seconds / ROUNDS)
+        per_core = meters["limit"].rate
         result = {
-            "loader_img_s": loader_rate(opts, data),
-            "folder_img_s": folder_rate(opts, folder),
+            "loader_img_s": meters["loader"].rate,
+            "folder_img_s": meters["folder"].rate,
             "limit_img_s": per_core * n_cores,
             "limit_per_core_img_s": per_core,
             "cores": n_cores, "workers": opts.workers, "batch": opts.batch,
-            "res": opts.res, "source_size": list(source_size),
+            "res": opts.res, "shard_image_size": list(shard_size),
+            "folder_image_size": list(folder_size),
             "data": opts.data or f"synthetic:{opts.synthetic}",
         }
     result["loader_vs_folder"] = result["loader_img_s"] / result["folder_img_s"]
@@ -220,12 +255,12 @@ def run(opts: DataBenchOptions) -> dict:
 
 
 def table(r: dict) -> str:
-    w, h = r["source_size"]
+    (sw, sh), (fw, fh) = r["shard_image_size"], r["folder_image_size"]
     rows = [("fastgan loader", r["loader_img_s"]),
             ("folder DataLoader (classic)", r["folder_img_s"]),
             (f"decode limit ({r['cores']} cores)", r["limit_img_s"])]
-    lines = [f"fastgan bench data: {w}x{h} sources -> {r['res']}x{r['res']}, batch "
-             f"{r['batch']}, {r['workers']} worker(s), {r['data']}",
+    lines = [f"fastgan bench data: {r['data']}: shards of {sw}x{sh}, folder of {fw}x{fh} "
+             f"-> {r['res']}x{r['res']}, batch {r['batch']}, {r['workers']} worker(s) each",
              f"{'':30s}{'img/s':>9s}{'vs folder':>11s}{'of limit':>10s}"]
     for name, v in rows:
         lines.append(f"{name:30s}{v:9.0f}{v / r['folder_img_s']:10.2f}x"
@@ -247,7 +282,7 @@ def main_args(sub) -> None:
     p.add_argument("--batch", type=int, default=64, help="batch size (default: 64)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (default: 2)")
     p.add_argument("--seconds", type=float, default=10.0,
-                   help="measuring time per pipeline (default: 10)")
+                   help="measuring time per pipeline, in 3 turns (default: 10)")
     p.add_argument("--max-images", type=int, default=4000,
                    help="images decoded for the limit and written to the folder "
                    "(default: 4000)")

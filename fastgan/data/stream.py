@@ -29,7 +29,9 @@ Two sampling modes (``--sampling``):
 Both modes give every slot, hence every rank, the same number of batches per epoch,
 so DDP never waits on a rank that ran dry. The order of samples depends only on
 (seed, epoch, rank, worker): the loader state (epoch, batches, and each slot's
-position in its stream) resumes mid-epoch exactly, skipping without decoding.
+position in its stream) resumes mid-epoch exactly, skipping without decoding. (One
+exception: when bad data left an exact slot more than a batch short, its padding
+restarts on resume.)
 
 Bad data is skipped and counted, never fatal, with at most one warning per 10 s per
 process (webdataset's ``warn_and_continue`` sleeps 0.5 s per warning): an image that
@@ -367,7 +369,8 @@ class _SlotReader:
         for b in range(first_batch, plan.batches_per_slot):
             items = list(itertools.islice(good, plan.batch))
             if len(items) < plan.batch:
-                padding = padding or self._padding(epoch)
+                if padding is None:
+                    padding = self._padding(epoch)
                 missing = plan.batch - len(items)
                 items += itertools.islice(padding, missing)
                 self.skips.padded += missing
