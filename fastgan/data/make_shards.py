@@ -81,7 +81,7 @@ def list_sources(src: str) -> tuple[list[str], int]:
     number of other files ignored (hidden files, other extensions, zip folders)."""
     if os.path.isdir(src):
         names = []
-        for root, dirs, files in os.walk(src):
+        for root, dirs, files in os.walk(src, followlinks=True):  # linked class folders
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             rel = os.path.relpath(root, src)
             names += [f if rel == "." else f"{rel}/{f}".replace(os.sep, "/") for f in files]
