@@ -3,6 +3,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+# The Triton kernels run on CPU tensors through Triton's interpreter, which must be
+# chosen before fastgan.kernels is imported (Triton decides when it decorates a kernel).
+# On a GPU machine they compile for the GPU instead.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

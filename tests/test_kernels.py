@@ -1,66 +1,275 @@
+"""The kernels against their PyTorch references and torch's own functions.
+
+Every test of an op runs twice: FASTGAN_KERNELS=torch (the reference) and =triton (the
+Triton kernels: compiled on a GPU machine, interpreted on CPU tensors here, see
+conftest.py). On a GPU machine the tensors live on the GPU.
+"""
+
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fastgan import kernels
+from fastgan.kernels.bias_act import bias_act_reference
+from fastgan.kernels.gan_loss import d_loss_reference
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ACTS = list(kernels.ACTIVATIONS)
+
+
+@pytest.fixture(params=["torch", "triton"])
+def backend(request, monkeypatch):
+    monkeypatch.setenv("FASTGAN_KERNELS", request.param)
+    return request.param
+
+
+def rand(*shape, seed=0, scale=1.0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g) * scale).to(DEVICE, dtype)
+
+
+def grads(out, inputs, grad_out=None):
+    return torch.autograd.grad(out, inputs, grad_out, allow_unused=True)
+
+
+# ------------------------------------------------------------------ BCE
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("shape", [(7,), (3, 5, 2), (64, 1)])
-def test_bce_matches_torch(shape, reduction):
-    g = torch.Generator().manual_seed(0)
-    x = (torch.randn(shape, generator=g) * 5).requires_grad_()
-    t = torch.rand(shape, generator=g)
-    w = torch.rand(shape, generator=g)
+@pytest.mark.parametrize("shape", [(7,), (3, 5, 2), (64, 1), (33, 17)])
+def test_bce_matches_torch(backend, shape, reduction):
+    x = rand(*shape, scale=5).requires_grad_()
+    t = rand(*shape, seed=1).sigmoid()
+    w = rand(*shape, seed=2).abs()
     ours = kernels.bce_with_logits(x, t, w, reduction=reduction)
     ref = F.binary_cross_entropy_with_logits(x, t, w, reduction=reduction)
     torch.testing.assert_close(ours, ref)
-    (g1,) = torch.autograd.grad(ours.sum(), x)
-    (g2,) = torch.autograd.grad(ref.sum(), x)
-    torch.testing.assert_close(g1, g2)
+    g_out = torch.rand_like(ref) if reduction == "none" else None
+    torch.testing.assert_close(grads(ours, x, g_out), grads(ref, x, g_out))
 
 
 @pytest.mark.parametrize("target", [0.0, 1.0, 0.3])
-def test_bce_float_target_and_extreme_logits(target):
-    x = torch.tensor([-100.0, -20.0, 0.0, 20.0, 100.0], requires_grad=True)
+def test_bce_float_target_and_extreme_logits(backend, target):
+    x = torch.tensor([-100.0, -20.0, 0.0, 20.0, 100.0], device=DEVICE, requires_grad=True)
     ours = kernels.bce_with_logits(x, target, reduction="none")
     ref = F.binary_cross_entropy_with_logits(x, torch.full_like(x, target), reduction="none")
     assert torch.isfinite(ours).all()
     torch.testing.assert_close(ours, ref)
-    ours.sum().backward()
-    assert torch.isfinite(x.grad).all()
+    (g,) = grads(ours.sum(), x)
+    torch.testing.assert_close(g, grads(ref.sum(), x)[0])
+    assert torch.isfinite(g).all()
 
 
-def test_bce_broadcast_target_and_half_input_gives_fp32():
-    x = torch.randn(4, 3).to(torch.bfloat16)
-    t = torch.tensor([0.0, 1.0, 1.0])
-    out = kernels.bce_with_logits(x, t)
-    assert out.dtype == torch.float32
-    ref = F.binary_cross_entropy_with_logits(x.float(), t.expand(4, 3))
-    torch.testing.assert_close(out, ref)
+def test_bce_non_contiguous_broadcast_and_half(backend):
+    x = rand(5, 8, scale=3).t()  # [8, 5], not contiguous
+    assert not x.is_contiguous()
+    t = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0], device=DEVICE)  # broadcast along rows
+    torch.testing.assert_close(kernels.bce_with_logits(x, t),
+                               F.binary_cross_entropy_with_logits(x, t.expand(8, 5)))
+    for dtype in (torch.bfloat16, torch.float16):
+        xh = x.to(dtype).requires_grad_()
+        out = kernels.bce_with_logits(xh, t, reduction="sum")
+        assert out.dtype == torch.float32  # the loss in fp32 for half inputs
+        ref = F.binary_cross_entropy_with_logits(xh.float(), t.expand(8, 5), reduction="sum")
+        torch.testing.assert_close(out, ref)
+        (g,) = grads(out, xh)
+        assert g.dtype == dtype
 
 
-def test_bce_rejects_bad_reduction_and_shapes():
+def test_bce_empty_and_bad_arguments(backend):
+    empty = torch.zeros(0, device=DEVICE)
+    assert kernels.bce_with_logits(empty, 1.0, reduction="sum").item() == 0
+    assert kernels.bce_with_logits(empty, 1.0, reduction="none").shape == (0,)
+    assert math.isnan(kernels.bce_with_logits(empty, 1.0).item())  # as torch: mean of nothing
     with pytest.raises(ValueError, match="reduction"):
-        kernels.bce_with_logits(torch.zeros(3), 1.0, reduction="max")
+        kernels.bce_with_logits(torch.zeros(3, device=DEVICE), 1.0, reduction="max")
     with pytest.raises(ValueError, match="broadcast"):
-        kernels.bce_with_logits(torch.zeros(3), torch.zeros(2, 3))
+        kernels.bce_with_logits(torch.zeros(3, device=DEVICE), torch.zeros(2, 3, device=DEVICE))
 
 
-def test_gan_losses_and_statistics():
-    real = torch.tensor([[2.0], [0.0]])
-    fake = torch.tensor([[-1.0], [3.0]])
+def test_bce_gradient_is_a_new_buffer(backend):
+    """The logits' graph stays usable: nothing is written over them."""
+    x = rand(16, 1, scale=4).requires_grad_()
+    before = x.detach().clone()
+    loss = kernels.bce_with_logits(x * 2, 1.0)
+    (g,) = grads(loss, x)
+    assert torch.equal(x.detach(), before) and g.data_ptr() != x.data_ptr()
+
+
+# ------------------------------------------------------------------ GAN losses
+
+@pytest.mark.parametrize("n", [1, 7, 1500])
+def test_gan_losses_and_statistics(backend, n):
+    real = rand(n, 1, scale=3).requires_grad_()
+    fake = rand(n, 1, seed=1, scale=3).requires_grad_()
     loss, d_real, d_fake = kernels.gan_d_loss(real, fake)
     expected = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
                 + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+    assert loss.dtype == d_real.dtype == d_fake.dtype == torch.float32
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(d_real, torch.sigmoid(real).mean())
     torch.testing.assert_close(d_fake, torch.sigmoid(fake).mean())
-    # Non-saturating G loss: -log sigmoid(D(G(z))).
-    torch.testing.assert_close(kernels.gan_g_loss(fake), -F.logsigmoid(fake).mean())
+    torch.testing.assert_close(grads(loss, (real, fake)), grads(expected, (real, fake)))
+    g_loss = kernels.gan_g_loss(fake)
+    g_expected = -F.logsigmoid(fake).mean()  # non-saturating: -log D(G(z))
+    torch.testing.assert_close(g_loss, g_expected)
+    torch.testing.assert_close(grads(g_loss, fake), grads(g_expected, fake))
+
+
+def test_gan_losses_half_logits_and_extremes(backend):
+    real = torch.tensor([[100.0], [-100.0], [0.5]], device=DEVICE, dtype=torch.bfloat16)
+    fake = torch.tensor([[-100.0], [100.0], [0.0]], device=DEVICE, dtype=torch.bfloat16)
+    loss, d_real, d_fake = kernels.gan_d_loss(real.requires_grad_(), fake.requires_grad_())
+    ref, ref_real, ref_fake = d_loss_reference(real, fake)
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(d_real, ref_real)
+    torch.testing.assert_close(d_fake, ref_fake)
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads(loss, (real, fake)))
 
 
 def test_backend_setting_is_validated(monkeypatch):
     monkeypatch.setenv("FASTGAN_KERNELS", "cuda-magic")
     with pytest.raises(ValueError, match="FASTGAN_KERNELS"):
         kernels.bce_with_logits(torch.zeros(2), 1.0)
+
+
+# ------------------------------------------------------------------ bias_act
+
+def torch_bias_act(x, b, dim, act, alpha=None, gain=None, clamp=None):
+    """torch's own functions, spelled out independently of the reference."""
+    spec = kernels.ACTIVATIONS[act]
+    alpha = spec.def_alpha if alpha is None else alpha
+    gain = spec.def_gain if gain is None else gain
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    z = x.float() + (b.float().reshape(shape) if b is not None else 0)
+    fn = {"linear": lambda v: v, "relu": torch.relu, "lrelu": lambda v: F.leaky_relu(v, alpha),
+          "tanh": torch.tanh, "sigmoid": torch.sigmoid, "elu": F.elu, "selu": torch.selu,
+          "softplus": F.softplus, "swish": lambda v: v * torch.sigmoid(v)}[act]
+    y = fn(z) * gain
+    return (y.clamp(-clamp, clamp) if clamp is not None else y).to(x.dtype)
+
+
+LAYOUTS = {
+    "odd": lambda: rand(3, 5, 7, 9, scale=2),
+    "channels_last": lambda: rand(2, 6, 5, 3, scale=2).to(memory_format=torch.channels_last),
+    "transposed": lambda: rand(6, 11, scale=2).t(),  # [11, 6], not contiguous
+    "matrix": lambda: rand(13, 4, scale=2),
+}
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("clamp", [None, 0.7])
+def test_bias_act_matches_torch(backend, act, clamp):
+    for name, make in LAYOUTS.items():
+        x = make().requires_grad_()
+        b = rand(x.shape[1], seed=3).requires_grad_()
+        y = kernels.bias_act(x, b, act=act, clamp=clamp)
+        ref = torch_bias_act(x, b, 1, act, clamp=clamp)
+        torch.testing.assert_close(y, ref, msg=f"{name}: forward")
+        g = rand(*x.shape, seed=4)
+        torch.testing.assert_close(grads(y, (x, b), g), grads(ref, (x, b), g),
+                                   msg=f"{name}: backward")
+        if name == "channels_last":
+            assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bias_act_options(backend):
+    x = rand(4, 3, 5, scale=2)
+    b = rand(5, seed=1)
+    # b along the last dim, explicit alpha and gain, no b at all
+    torch.testing.assert_close(kernels.bias_act(x, b, dim=2, act="lrelu", alpha=0.1, gain=1.0),
+                               torch_bias_act(x, b, 2, "lrelu", alpha=0.1, gain=1.0))
+    torch.testing.assert_close(kernels.bias_act(x, None, act="swish"),
+                               torch_bias_act(x, None, 1, "swish"))
+    # StyleGAN2's lrelu defaults: alpha 0.2, gain sqrt(2)
+    torch.testing.assert_close(kernels.bias_act(x, act="lrelu"),
+                               F.leaky_relu(x, 0.2) * math.sqrt(2))
+    empty = torch.zeros(0, 3, device=DEVICE)
+    assert kernels.bias_act(empty, torch.zeros(3, device=DEVICE), act="relu").shape == (0, 3)
+    with pytest.raises(ValueError, match="act must be one of"):
+        kernels.bias_act(x, act="gelu")
+    with pytest.raises(ValueError, match="b must have shape"):
+        kernels.bias_act(x, torch.zeros(4, device=DEVICE))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_bias_act_half(backend, dtype):
+    x = rand(4, 8, 3, 3, scale=2, dtype=dtype).requires_grad_()
+    b = rand(8, seed=1).requires_grad_()
+    y = kernels.bias_act(x, b, act="lrelu", clamp=1.5)
+    assert y.dtype == dtype
+    ref = torch_bias_act(x.detach().float(), b.detach(), 1, "lrelu", clamp=1.5)
+    torch.testing.assert_close(y.float(), ref, atol=1e-2, rtol=1e-2)
+    gx, gb = grads(y.float().sum(), (x, b))
+    assert gx.dtype == dtype and gb.dtype == torch.float32
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_bias_act_reference_gradcheck(act):
+    """The reference is exact to second order in float64..."""
+    x = rand(2, 3, 4, scale=2, dtype=torch.float64).requires_grad_()
+    b = rand(3, seed=1, dtype=torch.float64).requires_grad_()
+    x = x + 0.05 * torch.sign(x)  # away from the kinks of relu, lrelu, elu
+    fn = lambda x, b: bias_act_reference(x, b, act=act, clamp=None)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, b))
+    assert torch.autograd.gradgradcheck(fn, (x, b))
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("clamp", [None, 0.7])
+def test_bias_act_second_order_matches_reference(act, clamp, monkeypatch):
+    """...and the Triton path gives the reference's second-order gradients."""
+    results = {}
+    for setting in ("torch", "triton"):
+        monkeypatch.setenv("FASTGAN_KERNELS", setting)
+        x = rand(3, 4, 5, scale=2).requires_grad_()
+        b = rand(4, seed=1).requires_grad_()
+        v = rand(3, 4, 5, seed=2)
+        y = kernels.bias_act(x, b, act=act, clamp=clamp)
+        gx, gb = torch.autograd.grad(y, (x, b), v, create_graph=True)
+        # a scalar of the first-order gradients, differentiated again
+        scalar = (gx ** 2).sum() + (gb ** 3).sum() + 0 * (x.sum() + b.sum())  # linear: 0
+        second = torch.autograd.grad(scalar, (x, b))
+        results[setting] = (gx.detach(), gb.detach(), *second)
+    for ours, ref in zip(results["triton"], results["torch"]):
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_r1_through_bias_act_matches_plain_pytorch(backend):
+    """R1 = |grad_x D(x)|^2 through a conv + bias_act + linear D, and its gradient."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, bias=False).to(DEVICE)
+    bias = torch.nn.Parameter(torch.randn(4, device=DEVICE) * 0.1)
+    head = torch.nn.Linear(4 * 6 * 6, 1).to(DEVICE)
+    x = rand(5, 3, 8, 8).requires_grad_()
+
+    def r1(act_fn):
+        logits = head(act_fn(conv(x)).flatten(1))
+        (g,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+        penalty = g.square().sum([1, 2, 3]).mean()
+        return penalty, torch.autograd.grad(penalty, [conv.weight, bias, head.weight])
+
+    ours, ours_grads = r1(lambda h: kernels.bias_act(h, bias, act="lrelu", gain=1.0))
+    ref, ref_grads = r1(lambda h: F.leaky_relu(h + bias.reshape(1, -1, 1, 1), 0.2))
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(ours_grads, ref_grads)
+
+
+def test_dispatch_takes_the_path_it_says(monkeypatch):
+    x = rand(4, 3).requires_grad_()
+    b = rand(3, seed=1)
+    logits = rand(6, 1).requires_grad_()
+    names = {}
+    for setting in ("torch", "triton"):
+        monkeypatch.setenv("FASTGAN_KERNELS", setting)
+        names[setting] = (type(kernels.bias_act(x, b, act="relu").grad_fn).__name__,
+                          type(kernels.bce_with_logits(logits, 1.0).grad_fn).__name__,
+                          type(kernels.gan_d_loss(logits, logits)[0].grad_fn).__name__)
+    assert names["triton"] == ("_BiasActBackward", "_BCEWithLogitsBackward",
+                               "_GANLossBackward")
+    assert not set(names["torch"]) & set(names["triton"])
+    monkeypatch.setenv("FASTGAN_KERNELS", "auto")  # auto: Triton on CUDA tensors only
+    auto = type(kernels.bias_act(x, b, act="relu").grad_fn).__name__
+    assert (auto == "_BiasActBackward") == (DEVICE == "cuda")
