@@ -25,10 +25,15 @@ def test_dcgan_follows_the_paper():
     convs = [m for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
     assert [c.out_channels for c in convs] == [512, 256, 128, 64, 3]
     assert isinstance(list(G.modules())[-1], torch.nn.Tanh)
-    # D: no BatchNorm after the first conv, LeakyReLU(0.2)
+    # D: no BatchNorm after the first conv, whose bias and LeakyReLU(0.2) are fused
     layers = list(D.net)
-    assert isinstance(layers[0], torch.nn.Conv2d) and isinstance(layers[1], torch.nn.LeakyReLU)
-    assert layers[1].negative_slope == 0.2
+    first = layers[0]
+    assert isinstance(first, torch.nn.Conv2d) and not isinstance(layers[1], torch.nn.BatchNorm2d)
+    assert (first.act, first.alpha, first.gain) == ("lrelu", 0.2, 1.0)
+    x = torch.randn(2, 3, 64, 64)
+    expected = torch.nn.functional.leaky_relu(
+        torch.nn.functional.conv2d(x, first.weight, first.bias, 2, 1), 0.2)
+    torch.testing.assert_close(first(x), expected)
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules()) == 3
 
 

@@ -81,3 +81,33 @@ def test_auto_precision_keeps_points_in_fp32():
     assert resolve_precision("auto", cpu, points=True) == "fp32"
     assert resolve_precision("bf16", cpu, points=True) == "bf16"
     assert resolve_precision("fp32", cpu) == "fp32"
+
+
+@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
+def test_training_is_the_same_on_the_triton_path(arch, monkeypatch):
+    """A few GAN steps, R1 included, on the reference ops and on the Triton kernels
+    (interpreted here): the same parameters, within float32 tolerance."""
+    from fastgan import models
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dist = distributed.Dist(rank=0, world=1, local_rank=0, device=device)
+    results = {}
+    for setting in ("torch", "triton"):
+        monkeypatch.setenv("FASTGAN_KERNELS", setting)
+        torch.manual_seed(0)
+        g_kw, d_kw = models.model_kwargs(arch, res=8, z_dim=4, width=8)
+        G = models.build_generator(arch, g_kw).to(device)
+        D = models.build_discriminator(arch, d_kw).to(device)
+        step = GANStep(G, D, torch.optim.Adam(G.parameters(), 1e-3),
+                       torch.optim.Adam(D.parameters(), 1e-3), z_dim=4, dist=dist,
+                       precision="fp32", r1_gamma=1.0, r1_interval=2)
+        real = torch.randn(8, 2) if arch == "mlp" else torch.rand(8, 3, 8, 8) * 2 - 1
+        real = real.to(device)
+        for i in range(1, 6):
+            step(real, i)
+        names, means = step.take_stats()
+        results[setting] = ([p.detach().clone() for p in [*G.parameters(), *D.parameters()]],
+                            means)
+    for ours, ref in zip(results["triton"][0], results["torch"][0]):
+        torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(results["triton"][1], results["torch"][1], atol=1e-5, rtol=1e-4)

@@ -14,6 +14,8 @@ import math
 import torch
 from torch import nn
 
+from .layers import Conv2dAct
+
 
 def _levels(res: int) -> int:
     n = int(math.log2(res))
@@ -53,8 +55,9 @@ class DCGANDiscriminator(nn.Module):
         super().__init__()
         steps = _levels(res)
         ch = width
-        layers: list[nn.Module] = [nn.Conv2d(channels, ch, 4, 2, 1, bias=True),
-                                   nn.LeakyReLU(0.2, True)]
+        # no BatchNorm here: bias and LeakyReLU meet, fused (gain 1: DCGAN's own scale)
+        layers: list[nn.Module] = [Conv2dAct(channels, ch, 4, 2, 1, act="lrelu", alpha=0.2,
+                                             gain=1.0)]
         for _ in range(steps - 1):
             layers += [
                 nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False),

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layers import LinearAct
+
 
 class MLPGenerator(nn.Module):
     def __init__(self, z_dim: int = 16, width: int = 400, depth: int = 4, out_dim: int = 2,
@@ -21,10 +23,10 @@ class MLPGenerator(nn.Module):
         layers: list[nn.Module] = []
         d = z_dim
         for _ in range(depth):
-            layers.append(nn.Linear(d, width))
-            if batchnorm:
-                layers.append(nn.BatchNorm1d(width))
-            layers.append(nn.ReLU(True))
+            if batchnorm:  # BatchNorm sits between bias and activation: nothing to fuse
+                layers += [nn.Linear(d, width), nn.BatchNorm1d(width), nn.ReLU(True)]
+            else:
+                layers.append(LinearAct(d, width, act="relu", gain=1.0))
             d = width
         layers.append(nn.Linear(d, out_dim))
         self.net = nn.Sequential(*layers)
@@ -40,7 +42,7 @@ class MLPDiscriminator(nn.Module):
         layers: list[nn.Module] = []
         d = in_dim * pack
         for _ in range(depth):
-            layers += [nn.Linear(d, width), nn.LeakyReLU(0.2, True)]
+            layers.append(LinearAct(d, width, act="lrelu", alpha=0.2, gain=1.0))
             d = width
         layers.append(nn.Linear(d, 1))
         self.net = nn.Sequential(*layers)
