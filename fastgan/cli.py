@@ -99,6 +99,7 @@ def shard_options(args: argparse.Namespace):
 
 def _bench_parser(sub) -> argparse.ArgumentParser:
     from .bench import data as bench_data
+    from .bench import kernels as bench_kernels
 
     p = sub.add_parser("bench", help="measure throughput against baselines",
                        description="Throughput benchmarks; each prints a table of ratios "
@@ -106,6 +107,7 @@ def _bench_parser(sub) -> argparse.ArgumentParser:
     kinds = p.add_subparsers(dest="bench", metavar="KIND", parser_class=_Parser)
     kinds.required = True
     bench_data.main_args(kinds)
+    bench_kernels.main_args(kinds)
     return p
 
 
@@ -168,12 +170,18 @@ def main(argv: list[str] | None = None) -> int:
                                    progress=args.progress)
             print(summary_line(manifest, args.out_dir), file=sys.stderr)
         elif args.command == "bench":
-            from .bench import data as bench_data
+            if args.bench == "data":
+                from .bench import data as bench_data
 
-            bench_data.run(bench_data.from_args(args))
+                bench_data.run(bench_data.from_args(args))
+            else:
+                from .bench import kernels as bench_kernels
+
+                bench_kernels.run(args.json, args.dtype)
         return 0
     except UserError as e:
-        print(f"fastgan {args.command}: error: {e}", file=sys.stderr)
+        command = " ".join(filter(None, [args.command, getattr(args, "bench", None)]))
+        print(f"fastgan {command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fastgan: interrupted", file=sys.stderr)

@@ -1,7 +1,10 @@
-"""``fastgan bench data`` runs end to end and reports what it promises (no speed is
+"""``fastgan bench`` runs end to end and reports what it promises (no speed is
 asserted here: these machines are too noisy; the ratios are for the reader)."""
 
 import json
+
+import pytest
+import torch
 
 from conftest import run_fastgan
 
@@ -32,3 +35,37 @@ def test_bench_data_on_given_shards(tmp_path):
     assert "shards of 8x8, folder of 8x8 -> 8x8" in r.stdout
     r = run_fastgan("bench", "data", "--data", str(tmp_path / "s"), "--synthetic", "5")
     assert r.returncode == 2 and "give --data SHARDS or --synthetic N" in r.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, launch/gpu_check.sh runs it")
+def test_bench_kernels_refuses_cpu():
+    r = run_fastgan("bench", "kernels")
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("fastgan bench kernels: error: kernel timings need a CUDA "
+                                "GPU (Triton timings under TRITON_INTERPRET on a CPU mean "
+                                "nothing)")
+
+
+def test_bench_kernels_measures_every_op_and_pass():
+    """The benchmark's own code, on CPU tensors through the interpreter, with a wall-clock
+    timer in place of do_bench (which needs CUDA) and without torch.compile: what
+    launch/gpu_check.sh will run must not fail for a typo."""
+    import time
+
+    from fastgan.bench import kernels as bk
+
+    def timer(fn):
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1e3
+
+    rows = bk.bench_bias_act((2, 3, 4, 4), torch.float32, "channels_last", 100.0,
+                             device="cpu", timer=timer, compiled=False)
+    rows += bk.bench_losses(8, device="cpu", timer=timer, compiled=False)
+    assert {(r["op"], r["impl"], r["pass"]) for r in rows} == {
+        (op, impl, phase) for op in ("bias_act lrelu", "GAN D-loss step", "bce_with_logits")
+        for impl in ("triton", "eager") for phase in ("forward", "backward",
+                                                      "forward+backward")}
+    text = bk.table({"device": "cpu", "copy_gb_s": 100.0, "rows": rows})
+    assert "bias_act lrelu [2, 3, 4, 4] channels_last forward+backward" in text
+    assert "GAN D-loss step [8, 1] forward" in text
