@@ -80,7 +80,7 @@ if AVAILABLE:
         if REDUCE:
             tl.store(partial_ptr + pid, tl.sum(tl.where(m, loss, 0.0), axis=0))
         else:
-            tl.store(loss_ptr + off, loss, mask=m)
+            tl.store(loss_ptr + off, loss.to(loss_ptr.dtype.element_ty), mask=m)
 
 
 class _BCEWithLogits(torch.autograd.Function):
@@ -91,8 +91,8 @@ class _BCEWithLogits(torch.autograd.Function):
         scale = 1.0 / n if reduction == "mean" else 1.0
         grad = torch.empty_like(x)
         reduce = reduction != "none"
-        loss = torch.empty(x.shape if not reduce else (0,), dtype=torch.float32,
-                           device=x.device)
+        dtype = compute_dtype(x)  # float32 for half inputs, as the reference
+        loss = torch.empty(x.shape if not reduce else (0,), dtype=dtype, device=x.device)
         partial = torch.empty(grid1d(n, BLOCK)[0] if reduce else 0, dtype=torch.float32,
                               device=x.device)
         _bce_kernel[grid1d(n, BLOCK)](
@@ -102,7 +102,7 @@ class _BCEWithLogits(torch.autograd.Function):
         ctx.save_for_backward(grad, x, t, w)
         ctx.t_scalar, ctx.scale = t_scalar, scale
         if reduce:
-            return partial.sum() * scale
+            return (partial.sum() * scale).to(dtype)
         return loss
 
     @staticmethod

@@ -77,6 +77,14 @@ def test_bce_non_contiguous_broadcast_and_half(backend):
         assert g.dtype == dtype
 
 
+def test_bce_keeps_float64(backend):
+    x = rand(9, dtype=torch.float64)
+    out = kernels.bce_with_logits(x, 0.25, reduction="none")
+    assert out.dtype == kernels.bce_with_logits(x, 0.25).dtype == torch.float64
+    torch.testing.assert_close(out, F.binary_cross_entropy_with_logits(
+        x, torch.full_like(x, 0.25), reduction="none"), rtol=1e-6, atol=1e-6)
+
+
 def test_bce_empty_and_bad_arguments(backend):
     empty = torch.zeros(0, device=DEVICE)
     assert kernels.bce_with_logits(empty, 1.0, reduction="sum").item() == 0
