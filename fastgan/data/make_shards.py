@@ -12,7 +12,6 @@ in sorted order, and their names go into the manifest.
 from __future__ import annotations
 
 import json
-import logging
 import multiprocessing
 import os
 import sys
@@ -27,8 +26,6 @@ from tqdm import tqdm
 from ..errors import UserError
 from . import images
 from .shards import MANIFEST, write_shards
-
-log = logging.getLogger(__name__)
 
 SKIP_LIST_MAX = 10_000  # the manifest lists this many skipped files; the count is exact
 
