@@ -194,40 +194,29 @@ if AVAILABLE:
         tl.store(out_ptr + off, out.to(out_ptr.dtype.element_ty), mask=msk)
 
 
-@dataclass(frozen=True)
-class _Spec:
-    """Everything but the tensors: hashable, passed through autograd as one object."""
-
-    dim: int
-    code: int
-    alpha: float
-    gain: float
-    clamp: float | None
-
-
 def _dense(t: torch.Tensor) -> torch.Tensor:
     if t.is_contiguous() or (t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last)):
         return t
     return t.contiguous()
 
 
-def _launch(spec: _Spec, mode: int, x, b, g1=None, g2=None) -> torch.Tensor:
+def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``t`` in the memory layout of ``x``, so one offset indexes both."""
+    return t if t.stride() == x.stride() else torch.empty_like(x).copy_(t)
+
+
+def _launch(mode: int, x, b, g1, g2, dim: int, code: int, alpha: float, gain: float,
+            clamp: float) -> torch.Tensor:
     out = torch.empty_like(x)  # the same dense layout as x
     n = x.numel()
     if n == 0:
         return out
     _bias_act_kernel[grid1d(n, BLOCK)](
-        x, b if b is not None else x, g1 if g1 is not None else x,
-        g2 if g2 is not None else x, out, n, x.shape[spec.dim] if x.ndim else 1,
-        x.stride(spec.dim) if x.ndim else 1, spec.alpha, spec.gain,
-        spec.clamp if spec.clamp is not None else 0.0, ACT=spec.code, MODE=mode,
-        HAS_B=b is not None, HAS_CLAMP=spec.clamp is not None, BLOCK=BLOCK)
+        x, b if b is not None else x, _like(g1, x) if g1 is not None else x,
+        _like(g2, x) if g2 is not None else x, out, n, x.shape[dim] if x.ndim else 1,
+        x.stride(dim) if x.ndim else 1, alpha, gain, max(clamp, 0.0), ACT=code, MODE=mode,
+        HAS_B=b is not None, HAS_CLAMP=clamp >= 0, BLOCK=BLOCK)
     return out
-
-
-def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``t`` in the memory layout of ``x``, so one offset indexes both."""
-    return t if t.stride() == x.stride() else torch.empty_like(x).copy_(t)
 
 
 def _bias_grad(dz: torch.Tensor, b: torch.Tensor | None, dim: int):
@@ -237,50 +226,58 @@ def _bias_grad(dz: torch.Tensor, b: torch.Tensor | None, dim: int):
     return dz.float().sum(dims).to(b.dtype) if dims else dz.float().to(b.dtype)
 
 
-class _BiasAct(torch.autograd.Function):
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, x, b, spec):
-        ctx.save_for_backward(x, b)
-        ctx.spec = spec
-        return _launch(spec, 0, x, b)
+# The three modes as torch.library custom ops: torch.compile sees each as one opaque
+# node (fullgraph works), and each op's autograd is the next op, which is what makes
+# the gradient itself differentiable. ``clamp`` < 0 means no clamp (the schema has no
+# optional floats). The second-order op has no autograd: third order raises.
 
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, dy):
-        x, b = ctx.saved_tensors
-        dz = _BiasActGrad.apply(_like(dy, x), x, b, ctx.spec)
-        return dz, _bias_grad(dz, b, ctx.spec.dim) if ctx.needs_input_grad[1] else None, None
+@torch.library.custom_op("fastgan::bias_act", mutates_args=())
+def _bias_act_op(x: torch.Tensor, b: torch.Tensor | None, dim: int, code: int, alpha: float,
+                 gain: float, clamp: float) -> torch.Tensor:
+    return _launch(0, x, b, None, None, dim, code, alpha, gain, clamp)
 
 
-class _BiasActGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, dy, x, b, spec):
-        ctx.save_for_backward(dy, x, b)
-        ctx.spec = spec
-        return _launch(spec, 1, x, b, dy)
-
-    @staticmethod
-    def backward(ctx, d_dz):
-        dy, x, b = ctx.saved_tensors
-        d_dz = _like(d_dz, x)
-        d_dy = _BiasActGrad.apply(d_dz, x, b, ctx.spec) if ctx.needs_input_grad[0] else None
-        d_x = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            d_x = _BiasActGrad2.apply(d_dz, dy, x, b, ctx.spec)
-        d_b = _bias_grad(d_x, b, ctx.spec.dim) if ctx.needs_input_grad[2] else None
-        return d_dy, d_x, d_b, None
+@torch.library.custom_op("fastgan::bias_act_grad", mutates_args=())
+def _bias_act_grad_op(dy: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None, dim: int,
+                      code: int, alpha: float, gain: float, clamp: float) -> torch.Tensor:
+    return _launch(1, x, b, dy, None, dim, code, alpha, gain, clamp)
 
 
-class _BiasActGrad2(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, d_dz, dy, x, b, spec):
-        return _launch(spec, 2, x, b, dy, d_dz)
+@torch.library.custom_op("fastgan::bias_act_grad2", mutates_args=())
+def _bias_act_grad2_op(d_dz: torch.Tensor, dy: torch.Tensor, x: torch.Tensor,
+                       b: torch.Tensor | None, dim: int, code: int, alpha: float,
+                       gain: float, clamp: float) -> torch.Tensor:
+    return _launch(2, x, b, dy, d_dz, dim, code, alpha, gain, clamp)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, *grads):
-        raise RuntimeError("bias_act: third-order gradients are not supported")
+
+for _op in (_bias_act_op, _bias_act_grad_op, _bias_act_grad2_op):
+    _op.register_fake(lambda *args: torch.empty_like(args[-7]))  # x comes 7th from the end
+
+
+def _save(ctx, inputs, output):
+    *tensors, dim, code, alpha, gain, clamp = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.params = (dim, code, alpha, gain, clamp)
+
+
+def _backward(ctx, dy):
+    x, b = ctx.saved_tensors
+    dz = _bias_act_grad_op(dy, x, b, *ctx.params)
+    db = _bias_grad(dz, b, ctx.params[0]) if ctx.needs_input_grad[1] else None
+    return (dz, db) + (None,) * 5
+
+
+def _grad_backward(ctx, d_dz):
+    dy, x, b = ctx.saved_tensors
+    need_dy, need_x, need_b = ctx.needs_input_grad[:3]
+    d_dy = _bias_act_grad_op(d_dz, x, b, *ctx.params) if need_dy else None
+    d_x = _bias_act_grad2_op(d_dz, dy, x, b, *ctx.params) if need_x or need_b else None
+    d_b = _bias_grad(d_x, b, ctx.params[0]) if need_b else None
+    return (d_dy, d_x, d_b) + (None,) * 5
+
+
+_bias_act_op.register_autograd(_backward, setup_context=_save)
+_bias_act_grad_op.register_autograd(_grad_backward, setup_context=_save)
 
 
 def bias_act_triton(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1,
@@ -291,4 +288,5 @@ def bias_act_triton(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1
     if b is not None:
         _bias_shape(x, b, dim)
         b = b.contiguous()
-    return _BiasAct.apply(_dense(x), b, _Spec(dim, spec.code, alpha, gain, clamp))
+    return _bias_act_op(_dense(x), b, dim, spec.code, alpha, gain,
+                        -1.0 if clamp is None else float(clamp))
