@@ -436,7 +436,14 @@ class BatchStream:
             # batches ahead of what has been taken, so a batch stays valid until the
             # next call of next() and beyond.
             shape = (plan.workers, self.PREFETCH + 2, plan.batch, dataset.res, dataset.res, 3)
-            dataset.ring = torch.empty(shape, dtype=torch.uint8).share_memory_()
+            try:
+                dataset.ring = torch.empty(shape, dtype=torch.uint8).share_memory_()
+            except RuntimeError as e:
+                mb = math.prod(shape) / 2 ** 20
+                raise UserError(f"--workers: cannot share {mb:.0f} MB of batch buffers "
+                                f"between loader processes ({e}); in a container, give "
+                                "it more /dev/shm (docker run --shm-size), or use fewer "
+                                "--workers or a smaller --batch") from None
         self.ring = dataset.ring
         self.loader = torch.utils.data.DataLoader(
             dataset,

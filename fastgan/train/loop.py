@@ -179,8 +179,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                 stats = distributed.all_reduce_mean(means, d).tolist()
                 data_stats = {}
                 if isinstance(batches, BatchStream):
-                    skips = distributed.all_reduce_sum(
-                        torch.tensor(batches.skip_counts(), dtype=torch.float64), d)
+                    skips = distributed.all_reduce_sum(  # on the device: nccl wants it there
+                        torch.tensor(batches.skip_counts(), dtype=torch.float64, device=device), d)
                     data_stats = {"epoch": batches.epoch, **{
                         k: int(v) for k, v in zip(BatchStream.SKIP_NAMES, skips.tolist())}}
                 now = time.perf_counter()
