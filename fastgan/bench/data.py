@@ -4,7 +4,7 @@ measured in the same run on the same images:
 * **folder**: the classic PyTorch-examples pipeline (the DCGAN example's ImageFolder):
   one file per image, a DataLoader with workers, per image a PIL decode, a resize of
   the shorter side, a centre crop, conversion to a normalised float tensor, and
-  collation in the main process;
+  default collation (float32 batches, four times the bytes of uint8 ones);
 * **limit**: what the cores can decode: one process decoding the same encoded bytes
   from memory with the loader's own decode, times the number of cores.
 
@@ -89,7 +89,7 @@ def encoded_images(urls: list[str], limit: int) -> list[tuple[str, bytes]]:
     for url in urls:
         with open(url, "rb") as fh:
             for sample in tar.samples(fh, url):
-                ext = next((e for e in images.IMAGE_EXTS if e in sample), None)
+                ext = images.image_member(sample)
                 if ext is not None:
                     out.append((ext, sample[ext]))
                     if len(out) == limit:

@@ -21,6 +21,11 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
+def image_member(sample: dict) -> str | None:
+    """The extension under which a shard sample holds its image, if any."""
+    return next((ext for ext in IMAGE_EXTS if ext in sample), None)
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow image as 8-bit RGB.
 

@@ -58,7 +58,7 @@ from PIL import Image
 
 from ..errors import UserError
 from . import builtin, tar
-from .images import IMAGE_EXTS, decode_image
+from .images import IMAGE_EXTS, decode_image, image_member
 from .sources import ShardSet
 
 log = logging.getLogger(__name__)
@@ -318,14 +318,14 @@ class _SlotReader:
         """(image, label, key) of the samples that decode. ``endless`` (resampled)
         streams raise :class:`DataUnreadable` once no shard can give an image."""
         for sample in raw:
-            data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
+            ext = image_member(sample)
             try:
-                if data is None:
+                if ext is None:
                     raise ValueError(f"no image member ({', '.join(IMAGE_EXTS)}) among "
                                      f"{sorted(k for k in sample if not k.startswith('__'))}")
                 if self.check_size:
-                    self._check_size(data)
-                image = decode_image(data, self.ds.res)
+                    self._check_size(sample[ext])
+                image = decode_image(sample[ext], self.ds.res)
             except Exception as e:  # noqa: BLE001 (whatever Pillow raises for bad bytes)
                 self.skips.sample(f"sample {sample['__key__']} of {sample['__url__']}", e)
                 self._health.decoded(sample["__url__"], False)
