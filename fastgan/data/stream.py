@@ -209,6 +209,12 @@ class _ShardHealth:
                                  f"image (last error: {skips.last_error})")
 
 
+def _warn_resize(size: tuple[int, int], res: int) -> None:
+    """Once per run: rank 0 when the manifest gives the size, else its first worker."""
+    if size != (res, res):
+        log.warning("the shards hold %dx%d images: resizing to %d while loading", *size, res)
+
+
 def _open(url: str):
     if url.startswith(("http://", "https://")):
         return urllib.request.urlopen(url, timeout=60)
@@ -266,7 +272,7 @@ class _SlotReader:
         self.skips = _Skips()
         self._health = _ShardHealth(len(set(ds.shards.urls)))
         self.made = 0  # batches made: the next ring buffer
-        self.check_size = ds.shards.resolution is None and slot == 0
+        self.check_size = ds.shards.resolution is None and slot == 0  # see _warn_resize
 
     # ---- raw samples (undecoded), in the slot's order
     def _shard(self, url: str, start: int = 0, stop: int | None = None):
@@ -341,10 +347,7 @@ class _SlotReader:
 
     def _check_size(self, data: bytes) -> None:
         self.check_size = False
-        size = Image.open(io.BytesIO(data)).size
-        if size != (self.ds.res, self.ds.res):
-            log.warning("the shards hold %dx%d images: resizing to %d while loading",
-                        *size, self.ds.res)
+        _warn_resize(Image.open(io.BytesIO(data)).size, self.ds.res)
 
     def _padding(self, epoch: int):
         """Samples to fill an exact epoch's last batches: the slot's own from the start,
@@ -428,6 +431,9 @@ class BatchStream:
     def __init__(self, dataset: ImageBatches):
         self.plan = plan = dataset.plan
         self.rank = dataset.rank
+        size = dataset.shards.resolution
+        if size is not None and self.rank == 0:
+            _warn_resize((size, size), dataset.res)
         if plan.workers > 0:
             # Workers write batches into buffers shared once, here, instead of a fresh
             # shared-memory segment per batch (a handover and ~400 page faults each:

@@ -97,9 +97,6 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     if spec.kind == "images":
         plan = make_plan(spec.shards, mode=dc.sampling, world=d.world, workers=dc.workers,
                          batch=per_rank, epoch_images=dc.epoch_images)
-        if d.is_main and spec.shards.resolution not in (None, dc.res):
-            log.warning("the shards hold %dx%d images: resizing to %d while loading",
-                        spec.shards.resolution, spec.shards.resolution, dc.res)
         batches = BatchStream(ImageBatches(spec.shards, dc.res, plan, seed=cfg.run.seed,
                                            rank=d.rank, shuffle=dc.shuffle))
     else:
