@@ -80,10 +80,26 @@ class LoopConfig:
 class RunConfig:
     out: str | None = opt(None, "run directory (default: runs/<dataset>-<arch>-<time>)")
     seed: int = opt(0, "random seed")
-    precision: str = opt("auto", "numeric precision (auto: bf16 where the device supports "
-                         "it, else fp32)", choices=("auto", "fp32", "bf16"))
+    precision: str = opt("auto", "numeric precision of the forward passes (auto: bf16 where "
+                         "the device supports it, else fp32; fp16 adds a loss scaler per "
+                         "network)", choices=("auto", "fp32", "bf16", "fp16"))
     device: str = opt("auto", "device (auto: cuda:LOCAL_RANK when available, else cpu)")
     progress: bool = opt(True, "show a progress bar on rank 0")
+
+
+@dataclass
+class DistConfig:
+    strategy: str = opt("auto", "how G and D are spread over the ranks torchrun starts "
+                        "(auto: ddp with several processes, none with one)",
+                        choices=("auto", "none", "ddp", "deepspeed"))
+    zero: int = opt(1, "DeepSpeed ZeRO stage: 0, 1 (optimizer states sharded) or 2 (and "
+                    "gradients)")
+    deepspeed_config: str | None = opt(None, "JSON file: a DeepSpeed config block shared by "
+                                       "both networks, with per-network overrides under "
+                                       "\"G\" and \"D\"")
+    accum: int = opt(1, "gradient accumulation: micro-batches per step (the batch is split "
+                     "over ranks, then into this many micro-batches)")
+    grad_clip: float = opt(0.0, "clip each network's gradient norm to this (0: off)")
 
 
 @dataclass
@@ -93,6 +109,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -287,6 +304,17 @@ def validate(cfg: TrainConfig, points: bool) -> None:
     need(lp.keep_ckpts >= 1, "--keep-ckpts", f"must be >= 1, got {lp.keep_ckpts}")
     need(lp.metric_samples >= 16, "--metric-samples", f"must be >= 16, got {lp.metric_samples}")
     need(r.seed >= 0, "--seed", f"must be >= 0, got {r.seed}")
+    ds = cfg.dist
+    need(ds.zero in (0, 1, 2), "--zero", f"must be 0, 1 or 2, got {ds.zero} (ZeRO-3 shards "
+         "the parameters, and the G phase runs D's plain module, which needs them whole)")
+    need(ds.accum >= 1, "--accum", f"must be >= 1, got {ds.accum}")
+    need(lp.batch % ds.accum == 0, "--batch", f"{lp.batch} does not split into --accum "
+         f"{ds.accum} micro-batches")
+    need(ds.grad_clip >= 0, "--grad-clip", f"must be >= 0, got {ds.grad_clip}")
+    if ds.deepspeed_config is not None:
+        need(ds.strategy == "deepspeed", "--deepspeed-config", "needs --strategy deepspeed")
+        need(os.path.isfile(ds.deepspeed_config), "--deepspeed-config",
+             f"no such file: {ds.deepspeed_config}")
     need(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"),
          "--device", f"must be auto, cpu or cuda[:N], got {r.device!r}")
 

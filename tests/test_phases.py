@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastgan.models.mlp import MLPDiscriminator, MLPGenerator
-from fastgan.train import distributed
+from fastgan.train import distributed, engines
 from fastgan.train.loop import lr_scale
 from fastgan.train.phases import GANStep
 from fastgan.train.precision import resolve_precision
@@ -12,13 +12,25 @@ from fastgan.train.precision import resolve_precision
 CPU = distributed.Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 
 
-def _step(r1_gamma=0.0, r1_interval=4, lr=1.0):
+def _engines(G, D, opt_G, opt_D, *, dist=CPU, precision="fp32", accum=1, grad_clip=0.0):
+    opts = engines.EngineOptions(strategy="none", precision=precision, micro_batch=8,
+                                 accum=accum, grad_clip=grad_clip)
+    return engines.build(G, D, opt_G, opt_D, opts, dist)
+
+
+def _step(r1_gamma=0.0, r1_interval=4, lr=1.0, accum=1, precision="fp32", grad_clip=0.0):
     torch.manual_seed(0)
     G, D = MLPGenerator(z_dim=4, width=8), MLPDiscriminator(width=8)
     opt_G = torch.optim.SGD(G.parameters(), lr=lr)
     opt_D = torch.optim.SGD(D.parameters(), lr=lr)
-    return GANStep(G, D, opt_G, opt_D, z_dim=4, dist=CPU, precision="fp32",
+    G_eng, D_eng = _engines(G, D, opt_G, opt_D, precision=precision, accum=accum,
+                            grad_clip=grad_clip)
+    return GANStep(G_eng, D_eng, dist=CPU, precision=precision, accum=accum,
                    r1_gamma=r1_gamma, r1_interval=r1_interval)
+
+
+def _z(n=8, seed=1):
+    return torch.randn(n, 4, generator=torch.Generator().manual_seed(seed))
 
 
 def test_phases_and_intervals():
@@ -28,24 +40,24 @@ def test_phases_and_intervals():
         ("D main", 1), ("D reg", 3), ("G main", 1)]
     real = torch.randn(8, 2)
     for i in range(1, 4):
-        step(real, i)
+        step(real, _z(), i)
     names, means = step.take_stats()
     assert names == ["loss_D", "loss_G", "D(x)", "D(G(z))", "r1"]
     assert torch.isfinite(means).all()
-    step(real, 4)  # no R1 at step 4: its statistic is absent, not NaN
+    step(real, _z(), 4)  # no R1 at step 4: its statistic is absent, not NaN
     assert "r1" not in step.take_stats()[0]
 
 
 def test_r1_step_matches_direct_computation():
     step = _step(r1_gamma=2.0, r1_interval=4, lr=0.1)
-    D = step.D
+    D = step.D.module
     before = copy.deepcopy(D)
     real = torch.randn(8, 2)
     x = real.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(before(x).sum(), x, create_graph=True)
     penalty = g.square().sum(1).mean()
     (penalty * 2.0 / 2 * 4).backward()
-    step.d_reg({"real": real})
+    step.d_reg({"micro": [(real, None)]})
     moved = 0
     for p_new, p_old in zip(D.parameters(), before.parameters()):
         if p_old.grad is None:  # the last bias does not change D's input gradient
@@ -60,13 +72,14 @@ def test_r1_step_matches_direct_computation():
 
 def test_g_phase_leaves_d_untouched():
     step = _step()
-    D_before = copy.deepcopy(step.D.state_dict())
-    fake = step.G(torch.randn(8, 4))
-    step.g_main({"fake": fake})
-    for k, v in step.D.state_dict().items():
+    D = step.D.module
+    D_before = copy.deepcopy(D.state_dict())
+    z = torch.randn(8, 4)
+    step.g_main({"micro": [(None, z)], "fake": [step.G.module(z)]})
+    for k, v in D.state_dict().items():
         assert torch.equal(v, D_before[k])
-    assert all(p.requires_grad for p in step.D.parameters())
-    assert all(p.grad is None for p in step.D.parameters())
+    assert all(p.requires_grad for p in D.parameters())
+    assert all(p.grad is None for p in D.parameters())
 
 
 def test_lr_scale():
@@ -98,16 +111,65 @@ def test_training_is_the_same_on_the_triton_path(arch, monkeypatch):
         g_kw, d_kw = models.model_kwargs(arch, res=8, z_dim=4, width=8)
         G = models.build_generator(arch, g_kw).to(device)
         D = models.build_discriminator(arch, d_kw).to(device)
-        step = GANStep(G, D, torch.optim.Adam(G.parameters(), 1e-3),
-                       torch.optim.Adam(D.parameters(), 1e-3), z_dim=4, dist=dist,
-                       precision="fp32", r1_gamma=1.0, r1_interval=2)
+        G_eng, D_eng = _engines(G, D, torch.optim.Adam(G.parameters(), 1e-3),
+                                torch.optim.Adam(D.parameters(), 1e-3), dist=dist)
+        step = GANStep(G_eng, D_eng, dist=dist, precision="fp32", r1_gamma=1.0,
+                       r1_interval=2)
         real = torch.randn(8, 2) if arch == "mlp" else torch.rand(8, 3, 8, 8) * 2 - 1
         real = real.to(device)
         for i in range(1, 6):
-            step(real, i)
+            step(real, _z().to(device), i)
         names, means = step.take_stats()
         results[setting] = ([p.detach().clone() for p in [*G.parameters(), *D.parameters()]],
                             means)
     for ours, ref in zip(results["triton"][0], results["torch"][0]):
         torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(results["triton"][1], results["torch"][1], atol=1e-5, rtol=1e-4)
+
+
+def _params(step):
+    return [p.detach().clone() for p in [*step.G.module.parameters(),
+                                         *step.D.module.parameters()]]
+
+
+def test_accumulation_matches_one_big_batch():
+    """--accum 2 over a batch of 8 takes the steps of one batch of 8 (R1 included)."""
+    results = []
+    for accum in (1, 2):
+        step = _step(r1_gamma=1.0, r1_interval=2, lr=0.05, accum=accum)
+        for i in range(1, 5):
+            step(torch.randn(8, 2, generator=torch.Generator().manual_seed(i)), _z(seed=i), i)
+        results.append(_params(step))
+    start = _params(_step())
+    for a, b, s0 in zip(*results, start):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert any((a - s0).abs().max() > 1e-3 for a, s0 in zip(results[0], start))
+
+
+def test_nonfinite_loss_skips_the_step_and_is_counted():
+    step = _step(lr=0.1)
+    before = _params(step)
+    real = torch.randn(8, 2)
+    real[3, 0] = float("nan")  # D's loss is NaN; G's is not (G never sees real data)
+    step(real, _z(), 1)
+    after = _params(step)
+    n_g = len(list(step.G.module.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(after[n_g:], before[n_g:]))  # D: skipped
+    assert any(not torch.equal(a, b) for a, b in zip(after[:n_g], before[:n_g]))  # G: stepped
+    assert step.skip_counts() == [1, 0, 0]
+    names, means = step.take_stats()
+    assert "loss_D" not in names and torch.isfinite(means).all()
+    assert all(p.grad is None for p in step.D.module.parameters())
+
+
+def test_fp16_scaler_per_network_and_clipping():
+    """fp16: each network has its own loss scaler; clipping bounds the update."""
+    step = _step(lr=1.0, precision="fp16", grad_clip=1e-3)
+    assert step.G.scaler is not None and step.D.scaler is not step.G.scaler
+    before = _params(step)
+    step(torch.randn(8, 2), _z(), 1)
+    after = _params(step)
+    moved = torch.cat([(a - b).flatten() for a, b in zip(after, before)])
+    applied = 2 - sum(step.skip_counts()[1:])
+    # SGD with lr 1 moves each network by its clipped gradient: norm <= 1e-3 each
+    assert 0 < moved.norm() <= applied * 1e-3 * (1 + 1e-3)

@@ -507,13 +507,20 @@ class BatchStream:
 # ------------------------------------------------------------------------ points
 
 class PointBatches:
-    """An endless stream of float32 batches [B, 2] from an embedded 2-D mixture."""
+    """An endless stream of float32 batches from an embedded 2-D mixture: this rank's
+    slice of each global batch [B, 2].
 
-    def __init__(self, name: str, batch: int, *, seed: int, rank: int):
+    Every rank draws the whole global batch from the same seeded stream and keeps its
+    slice (points are cheap), so the data do not depend on the number of ranks.
+    """
+
+    def __init__(self, name: str, batch: int, *, seed: int, rank: int = 0, world: int = 1):
         self.points = builtin.POINT_SETS[name]()
-        self.batch = batch
-        self.rng = np.random.default_rng([seed, rank, 0x2D])
+        self.batch, self.rank, self.world = batch, rank, world
+        self.rng = np.random.default_rng([seed, 0x2D])
 
     def __iter__(self):
+        per_rank = self.batch // self.world
+        lo = self.rank * per_rank
         while True:
-            yield torch.from_numpy(self.points.sample(self.batch, self.rng))
+            yield torch.from_numpy(self.points.sample(self.batch, self.rng)[lo:lo + per_rank])

@@ -1,7 +1,8 @@
 """Checkpoints: written atomically, found by their completion marker, pruned to K.
 
 Layout: ``RUN/checkpoints/step-00001234/`` holding ``state.pt`` (the training state:
-G, D, both optimizers, step, RNG states), ``generator.pt`` (what ``fastgan sample``
+G, D, both optimizers or, under DeepSpeed, ``G/`` and ``D/`` with each engine's own
+checkpoint, step, RNG states), ``generator.pt`` (what ``fastgan sample``
 needs: G's architecture, constructor arguments and weights, loadable with
 ``torch.load(weights_only=True)`` anywhere) and ``COMPLETE``, written last.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,19 +42,35 @@ def _fsync(path: Path) -> None:
 
 
 def save(run_dir: str | os.PathLike, step: int, state: dict, generator: dict,
-         keep: int) -> Path:
-    """Write checkpoint ``step`` and prune all but the newest ``keep`` complete ones."""
+         keep: int, *, sharded: Callable[[Path], None] | None = None,
+         barrier: Callable[[], None] = lambda: None, is_main: bool = True) -> Path | None:
+    """Write checkpoint ``step`` and prune all but the newest ``keep`` complete ones.
+
+    Every rank calls this. ``sharded(tmp)``, when given, runs on every rank between two
+    barriers and writes state that each rank holds a part of (DeepSpeed's optimizer
+    partitions) into the temporary directory, which is why its name carries no pid:
+    every rank must find it (and a multi-node job needs a shared filesystem, as
+    DeepSpeed's own checkpoints do). Rank 0 alone writes the rest and commits.
+    """
     root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
-    tmp = root / f".step-{step:08d}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = root / f".step-{step:08d}.tmp"
+    if is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    if sharded is not None:
+        barrier()
+        sharded(tmp)
+        barrier()
+    if not is_main:
+        return None
     torch.save(state, tmp / STATE)
     torch.save(generator, tmp / GENERATOR)
-    for f in (STATE, GENERATOR):
-        _fsync(tmp / f)
-    _fsync(tmp)
+    for folder, dirs, files in os.walk(tmp, topdown=False):
+        for f in files:
+            _fsync(Path(folder) / f)
+        _fsync(Path(folder))
     if final.exists():  # an unmarked leftover of a crashed write at this very step
         shutil.rmtree(final)
     os.rename(tmp, final)

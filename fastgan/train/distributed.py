@@ -4,9 +4,8 @@ Initialisation comes from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR/PORT): nccl on CUDA, gloo on CPU. With one process nothing is initialised
 and nothing is wrapped, so a plain ``fastgan train`` pays no distributed overhead.
 
-G and D are wrapped separately in DistributedDataParallel. The generator phase runs D
-through its *unwrapped* module: D's parameters take no gradient there and so nothing of
-D must be all-reduced (DDP would otherwise wait for gradients that never come).
+Wrapping the networks (DDP, DeepSpeed) is engines.py's business; this module holds the
+process group and the few collectives the loop and the phases share.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import UserError
 
@@ -36,7 +34,12 @@ class Dist:
         return self.rank == 0
 
 
-def init(device_flag: str = "auto") -> Dist:
+def init(device_flag: str = "auto", *, group_of_one: bool = False) -> Dist:
+    """The process group from torchrun's environment.
+
+    ``group_of_one``: initialise a group even for a single process (DeepSpeed needs one);
+    it lives in memory, with no port to collide with other runs.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -55,6 +58,9 @@ def init(device_flag: str = "auto") -> Dist:
             backend="nccl" if device.type == "cuda" else "gloo",
             timeout=datetime.timedelta(minutes=10),
         )
+    elif world == 1 and group_of_one and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                store=dist.HashStore(), rank=0, world_size=1)
     return Dist(rank, world, local_rank, device)
 
 
@@ -70,17 +76,6 @@ def shutdown() -> None:
     if dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()
-
-
-def wrap(module: nn.Module, d: Dist) -> nn.Module:
-    if d.world == 1:
-        return module
-    ids = [d.device.index] if d.device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids)
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, DistributedDataParallel) else module
 
 
 def all_reduce_mean(t: torch.Tensor, d: Dist) -> torch.Tensor:
@@ -105,6 +100,21 @@ def all_gather_object(obj, d: Dist) -> list:
     out = [None] * d.world
     dist.all_gather_object(out, obj)
     return out
+
+
+def nonfinite_ranks(value: torch.Tensor, d: Dist) -> list[int]:
+    """The ranks whose ``value`` (a scalar) is NaN or Inf; every rank gets the same list.
+
+    This is how every rank agrees to skip a step together: a per-rank check alone would
+    let one rank step while another does not, and the ranks would silently diverge.
+    It costs one tiny all-gather and one wait for the device per call.
+    """
+    bad = (~torch.isfinite(value.detach().float())).float().reshape(1)
+    if d.world > 1:
+        parts = [torch.empty_like(bad) for _ in range(d.world)]
+        dist.all_gather(parts, bad)
+        bad = torch.cat(parts)
+    return [i for i, b in enumerate(bad.tolist()) if b]
 
 
 def all_reduce_grads(module: nn.Module, d: Dist) -> None:
@@ -138,7 +148,7 @@ def check_consistent(modules: dict[str, nn.Module], d: Dist) -> None:
     if d.world == 1:
         return
     for name, module in modules.items():
-        params = [p.detach().reshape(-1).float() for p in unwrap(module).parameters()]
+        params = [p.detach().reshape(-1).float() for p in module.parameters()]
         if not params:
             continue
         flat = torch.cat(params)

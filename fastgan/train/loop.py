@@ -1,8 +1,13 @@
 """``fastgan train``: the training loop, readable top to bottom.
 
-data stream -> GANStep (D main, G main) -> every --log-every steps: statistics reduced
-across ranks, mode metrics, one line in metrics.jsonl; every --sample-every: a grid from
-a fixed z; every --ckpt-every: a checkpoint. Rank 0 alone writes files.
+data stream + latents -> GANStep (D main, G main, with G and D in their engines: plain,
+DDP or DeepSpeed) -> every --log-every steps: statistics reduced across ranks, mode
+metrics, one line in metrics.jsonl; every --sample-every: a grid from a fixed z; every
+--ckpt-every: a checkpoint. Rank 0 alone writes files.
+
+The latents of a step are drawn for the whole global batch from one seeded stream and
+each rank takes its slice (as the embedded 2-D data does), so a run's numbers do not
+depend on how many ranks share the batch: 2 ranks of B/2 train like 1 process of B.
 """
 
 from __future__ import annotations
@@ -23,13 +28,16 @@ from ..data import builtin
 from ..data.sources import resolve_data
 from ..data.stream import BatchStream, ImageBatches, PointBatches, make_plan
 from ..errors import UserError
-from . import checkpoint, distributed
-from .phases import GANStep
+from . import checkpoint, distributed, engines
+from .build import build_gan
 from .precision import resolve_precision
 
 log = logging.getLogger("fastgan")
 
 GRID_SAMPLES = 64
+# cumulative counts in metrics.jsonl: micro-batches dropped on every rank for a NaN/Inf
+# loss, and steps the fp16 loss scalers skipped
+SKIP_NAMES = ("skipped_nonfinite", "skipped_overflow_G", "skipped_overflow_D")
 
 
 class ModeScorer:
@@ -51,7 +59,7 @@ class ModeScorer:
 
 
 def train(cfg: TrainConfig) -> dict:
-    d = distributed.init(cfg.run.device)
+    d = distributed.init(cfg.run.device, group_of_one=cfg.dist.strategy == "deepspeed")
     try:
         return _train(cfg, d)
     finally:
@@ -64,8 +72,15 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     if lp.batch % d.world:
         raise UserError(f"--batch: {lp.batch} does not divide over {d.world} ranks")
     per_rank = lp.batch // d.world
-    if m.pack > 1 and per_rank % m.pack:
-        raise UserError(f"--batch: {per_rank} per rank is not a multiple of --pack {m.pack}")
+    accum = cfg.dist.accum
+    if per_rank % accum:
+        raise UserError(f"--batch: {per_rank} per rank does not split into --accum {accum} "
+                        "micro-batches")
+    micro = per_rank // accum
+    if m.pack > 1 and micro % m.pack:
+        raise UserError(f"--batch: {micro} per rank and micro-step is not a multiple of "
+                        f"--pack {m.pack}")
+    strategy = engines.resolve_strategy(cfg.dist.strategy, d.world)
     steps = total_steps(cfg)
     dc = cfg.data
     spec = resolve_data(dc.data, dc.res, dc.cache_dir, count=dc.sampling == "exact"
@@ -83,16 +98,18 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                             f"{e.strerror or e}") from None
 
     precision = resolve_precision(cfg.run.precision, device, points=spec.kind == "points")
-    # Same initial weights on every rank (DDP also broadcasts them); per-rank noise.
-    torch.manual_seed(cfg.run.seed)
     g_kwargs, d_kwargs = models.model_kwargs(m.arch, res=cfg.data.res, z_dim=m.z_dim,
                                              width=m.width, pack=m.pack)
-    G = models.build_generator(m.arch, g_kwargs).to(device)
-    D = models.build_discriminator(m.arch, d_kwargs).to(device)
-    if spec.kind == "images":
-        G = G.to(memory_format=torch.channels_last)
-        D = D.to(memory_format=torch.channels_last)
-    torch.manual_seed(cfg.run.seed * 1000 + d.rank + 1)
+    gan = build_gan(m.arch, g_kwargs, d_kwargs, images=spec.kind == "images", dist=d,
+                    opts=engines.EngineOptions(
+                        strategy=strategy, precision=precision, micro_batch=micro,
+                        accum=accum, grad_clip=cfg.dist.grad_clip, zero=cfg.dist.zero,
+                        deepspeed_config=cfg.dist.deepspeed_config),
+                    lr_g=cfg.optim.lr_g, lr_d=cfg.optim.lr_d,
+                    betas=(cfg.optim.beta1, cfg.optim.beta2), seed=cfg.run.seed,
+                    r1_gamma=cfg.optim.r1_gamma, r1_interval=cfg.optim.r1_interval)
+    G, D, G_eng, D_eng, gan_step = gan.G, gan.D, gan.G_eng, gan.D_eng, gan.step
+    z_stream = torch.Generator(device).manual_seed(cfg.run.seed * 1000 + 1)
 
     if spec.kind == "images":
         plan = make_plan(spec.shards, mode=dc.sampling, world=d.world, workers=dc.workers,
@@ -100,21 +117,14 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
         batches = BatchStream(ImageBatches(spec.shards, dc.res, plan, seed=cfg.run.seed,
                                            rank=d.rank, shuffle=dc.shuffle))
     else:
-        batches = iter(PointBatches(spec.builtin, per_rank, seed=cfg.run.seed, rank=d.rank))
+        batches = iter(PointBatches(spec.builtin, lp.batch, seed=cfg.run.seed, rank=d.rank,
+                                    world=d.world))
 
-    G_train, D_train = distributed.wrap(G, d), distributed.wrap(D, d)
-    betas = (cfg.optim.beta1, cfg.optim.beta2)
-    # The fused Adam updates all tensors in one kernel: with many small tensors (the
-    # MLPs) the per-tensor loop of the default costs a fifth of the step.
-    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.optim.lr_g, betas=betas, fused=True)
-    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas, fused=True)
     # LambdaLR counts from 0 and is stepped after each training step, so index i is
     # training step i + 1.
     schedulers = [torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: lr_scale(i + 1, steps, cfg.optim.lr_decay)) for opt in (opt_G, opt_D)]
-    gan_step = GANStep(G_train, D_train, opt_G, opt_D, z_dim=m.z_dim, dist=d,
-                       precision=precision, r1_gamma=cfg.optim.r1_gamma,
-                       r1_interval=cfg.optim.r1_interval)
+        eng.optimizer, lambda i: lr_scale(i + 1, steps, cfg.optim.lr_decay))
+        for eng in (G_eng, D_eng)]
 
     scorer = ModeScorer(spec.builtin, lp.metric_samples, m.z_dim, cfg.run.seed, device)
     grid_z = torch.randn(GRID_SAMPLES if spec.kind == "images" else lp.metric_samples,
@@ -134,26 +144,37 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
         return path
 
     def save_checkpoint(step: int) -> Path | None:
+        for net in (G, D):  # BatchNorm's running statistics: the global estimate
+            engines.sync_buffers(net, d)
         distributed.check_consistent({"G": G, "D": D}, d)
         # every rank's loader position, so that a resumed run continues each stream
         data_states = distributed.all_gather_object(
             batches.state_dict() if isinstance(batches, BatchStream) else None, d)
-        if not d.is_main:
-            return None
         state = {
             "G": G.state_dict(), "D": D.state_dict(),
-            "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+            "engines": {"G": G_eng.state_dict(), "D": D_eng.state_dict()},
+            "strategy": strategy,
             "sched_G": schedulers[0].state_dict(), "sched_D": schedulers[1].state_dict(),
             "step": step, "config": cfg.to_dict(),
             "rng_cpu": torch.get_rng_state(),
+            "z_stream": z_stream.get_state(),
             "data": data_states,
         }
         gen = {**generator_meta, "state_dict": G.state_dict(), "step": step}
-        return checkpoint.save(run_dir, step, state, gen, lp.keep_ckpts)
+
+        def write_sharded(tmp: Path) -> None:
+            for eng in (G_eng, D_eng):
+                eng.save_sharded(tmp)
+
+        return checkpoint.save(run_dir, step, state, gen, lp.keep_ckpts,
+                               sharded=write_sharded if strategy == "deepspeed" else None,
+                               barrier=lambda: distributed.barrier(d), is_main=d.is_main)
 
     if d.is_main:
         print(f"fastgan: training {m.arch} on {cfg.data.data} for {steps} steps "
-              f"(batch {lp.batch} over {d.world} rank(s), {precision}, {device}); "
+              f"(batch {lp.batch} over {d.world} rank(s)"
+              f"{f' x {accum} micro-batches' if accum > 1 else ''}, {strategy}, {precision}, "
+              f"{device}); "
               f"run directory {run_dir}", file=sys.stderr)
     bar = tqdm(total=steps, unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1.0,
                disable=not (d.is_main and cfg.run.progress))
@@ -166,12 +187,14 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
             real = next(batches).to(device, non_blocking=True)
             if spec.kind == "images":
                 real = real.float().div_(127.5).sub_(1.0)
-            gan_step(real, step)
+            z = torch.randn(lp.batch, m.z_dim, device=device, generator=z_stream)
+            gan_step(real, z[d.rank * per_rank:(d.rank + 1) * per_rank], step)
             for scheduler in schedulers:
                 scheduler.step()
             bar.update(1)
 
             if step % lp.log_every == 0 or step == steps:
+                engines.sync_buffers(G, d)  # the scorer runs G in eval mode
                 names, means = gan_step.take_stats()
                 stats = distributed.all_reduce_mean(means, d).tolist()
                 data_stats = {}
@@ -189,6 +212,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                         "img_s": round((step - last_step) * lp.batch / (now - last_t), 1),
                         "elapsed_s": round(now - start, 2),
                         **data_stats,
+                        **dict(zip(SKIP_NAMES, gan_step.skip_counts())),
                         **scorer(G),
                     }
                     metrics_file.write(json.dumps(record) + "\n")
@@ -197,10 +221,13 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                     if not cfg.run.progress:
                         print(json.dumps(record), file=sys.stderr)
                 last_t, last_step = time.perf_counter(), step
-            if d.is_main and lp.sample_every and step % lp.sample_every == 0:
-                save_samples(f"step-{step:08d}")
+            if lp.sample_every and step % lp.sample_every == 0:
+                engines.sync_buffers(G, d)
+                if d.is_main:
+                    save_samples(f"step-{step:08d}")
             if lp.ckpt_every and step % lp.ckpt_every == 0 and step != steps:
                 save_checkpoint(step)
+        engines.sync_buffers(G, d)
         final_grid = save_samples("final") if d.is_main else None
         final_ckpt = save_checkpoint(steps)
     finally:
@@ -243,6 +270,12 @@ def _print_summary(s: dict) -> None:
         f"loss_G {r.get('loss_G', float('nan')):.3f}, D(x) {r.get('D(x)', float('nan')):.3f}, "
         f"D(G(z)) {r.get('D(G(z))', float('nan')):.3f}",
     ]
+    if r.get("skipped_nonfinite"):
+        lines.append(f"  numerics: {r['skipped_nonfinite']} micro-batch(es) dropped on every "
+                     "rank for a non-finite loss (see the warnings)")
+    if r.get("skipped_overflow_G") or r.get("skipped_overflow_D"):
+        lines.append(f"  fp16: the loss scalers skipped {r['skipped_overflow_G']} G and "
+                     f"{r['skipped_overflow_D']} D step(s) on overflow")
     if r.get("data_skipped_samples") or r.get("data_skipped_shards"):
         lines.append(f"  data: skipped {r['data_skipped_samples']} bad sample(s) and "
                      f"{r['data_skipped_shards']} failed shard read(s) (see the warnings)")

@@ -7,27 +7,36 @@
 R1 (Mescheder et al., 2018) keeps D from growing arbitrarily sharp around the real
 data, the usual road to "D wins, G's gradients vanish, G collapses". It is lazy (as in
 StyleGAN2): computed every N steps and scaled by N, which costs 1/N of a D pass. It runs
-on the unwrapped D with a manual gradient all-reduce, because DDP does not all-reduce
-the gradients of a double backward (pytorch #63929).
+on D's plain module (DDP does not all-reduce the gradients of a double backward,
+pytorch #63929; the engine all-reduces them by hand).
 
-G runs forward once per step; its output serves both main phases: detached for D's
-update, then through the updated D for G's (as the classic DCGAN recipe does).
+With ``--accum 1``, G runs forward once per step and its output serves both main
+phases: detached for D's update, then through the updated D for G's (as the classic
+DCGAN recipe does). With more micro-batches, keeping every micro-batch's G graph alive
+until the G phase would undo what accumulation saves, so the D phase draws its fakes
+without a graph and the G phase runs G again on the same z: the same numbers, less memory.
+
+Every loss is checked before its backward, on every rank together: a NaN or Inf
+anywhere drops that micro-batch on all ranks (see engines.py), counted and logged.
 
 Statistics (losses, D(x), D(G(z))) accumulate on the device and are read only when the
-loop logs, so a step never waits for the host.
+loop logs; the finiteness check is the one wait for the device per phase.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from .. import kernels
-from .distributed import Dist, all_reduce_grads, unwrap
+from .distributed import Dist, nonfinite_ranks
+from .engines import Engine
 from .precision import autocast
+
+log = logging.getLogger("fastgan")
 
 STAT_NAMES = ("loss_D", "loss_G", "D(x)", "D(G(z))", "r1")
 
@@ -40,11 +49,11 @@ class Phase:
 
 
 class GANStep:
-    def __init__(self, G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer,
-                 opt_D: torch.optim.Optimizer, *, z_dim: int, dist: Dist, precision: str,
+    def __init__(self, G: Engine, D: Engine, *, dist: Dist, precision: str, accum: int = 1,
                  r1_gamma: float = 0.0, r1_interval: int = 4):
-        self.G, self.D, self.opt_G, self.opt_D = G, D, opt_G, opt_D
-        self.z_dim, self.dist, self.device, self.precision = z_dim, dist, dist.device, precision
+        self.G, self.D = G, D
+        self.dist, self.device, self.precision = dist, dist.device, precision
+        self.accum = accum
         self.r1_gamma, self.r1_interval = r1_gamma, r1_interval
         self.phases = [Phase("D main", 1, self.d_main)]
         if r1_gamma > 0:
@@ -52,66 +61,110 @@ class GANStep:
         self.phases.append(Phase("G main", 1, self.g_main))
         self.stat_sum = torch.zeros(len(STAT_NAMES), device=self.device)
         self.stat_count = [0] * len(STAT_NAMES)  # known on the host: no sync to read
+        self.nonfinite_skips = 0  # micro-batches dropped on every rank for a NaN/Inf loss
+        self.step_index = 0
 
     def autocast(self):
         return autocast(self.precision, self.device)
 
-    def __call__(self, real: torch.Tensor, step: int) -> None:
-        z = torch.randn(real.shape[0], self.z_dim, device=self.device)
-        with self.autocast():
-            fake = self.G(z)
-        ctx = {"real": real, "fake": fake}
+    def __call__(self, real: torch.Tensor, z: torch.Tensor, step: int) -> None:
+        """One training step on this rank's ``real`` images and latents ``z``."""
+        self.step_index = step
+        micro = list(zip(real.chunk(self.accum), z.chunk(self.accum)))
+        ctx: dict = {"micro": micro}
+        if self.accum == 1:
+            with self.autocast():
+                ctx["fake"] = [self.G.wrapped(micro[0][1])]
         for phase in self.phases:
             if step % phase.interval == 0:
                 phase.run(ctx)
 
+    def _fake(self, ctx: dict, i: int) -> torch.Tensor:
+        """Micro-batch i's G(z) for D's update: no graph into G either way."""
+        if "fake" in ctx:
+            return ctx["fake"][i].detach()
+        with torch.no_grad(), self.autocast():
+            return self.G.module(ctx["micro"][i][1])
+
+    def _finite(self, loss: torch.Tensor, phase: str) -> bool:
+        bad = nonfinite_ranks(loss, self.dist)
+        if bad:
+            self.nonfinite_skips += 1
+            if self.dist.is_main:
+                log.warning("step %d: non-finite %s loss on rank(s) %s: every rank skips "
+                            "this micro-batch", self.step_index, phase,
+                            ", ".join(map(str, bad)))
+        return not bad
+
     def d_main(self, ctx: dict) -> None:
-        with self.autocast():
-            real_logits = self.D(ctx["real"])
-            fake_logits = self.D(ctx["fake"].detach())
-        loss, d_real, d_fake = kernels.gan_d_loss(real_logits, fake_logits)
-        self.opt_D.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_D.step()
-        self._record((0, 2, 3), (loss.detach(), d_real, d_fake))
+        D, last = self.D, self.accum - 1
+        for i, (real, _) in enumerate(ctx["micro"]):
+            fake = self._fake(ctx, i)
+            with D.sync(i == last):
+                with self.autocast():
+                    real_logits = D.wrapped(real)
+                    fake_logits = D.wrapped(fake)
+                loss, d_real, d_fake = kernels.gan_d_loss(real_logits, fake_logits)
+                if self._finite(loss, "D"):
+                    D.backward(loss, i)
+                    self._record((0, 2, 3), (loss.detach(), d_real, d_fake))
+                else:
+                    D.drop(i)
+        D.step()
 
     def d_reg(self, ctx: dict) -> None:
-        D = unwrap(self.D)
-        real = ctx["real"].detach().requires_grad_(True)
-        with self.autocast():
-            logits = D(real)
-        (grad,) = torch.autograd.grad(logits.float().sum(), real, create_graph=True)
-        penalty = grad.float().square().sum(dim=(1, 2, 3) if grad.ndim == 4 else 1).mean()
-        self.opt_D.zero_grad(set_to_none=True)
-        (penalty * (self.r1_gamma / 2 * self.r1_interval)).backward()
-        all_reduce_grads(D, self.dist)
-        self.opt_D.step()
-        self._record((4,), (penalty.detach(),))
+        D = self.D
+        # Under fp16 R1 runs in fp32: fp16's range is too narrow for the second
+        # derivative of BatchNorm (NaN in the first layers' gradients even unscaled).
+        precision = "fp32" if self.precision == "fp16" else self.precision
+        for i, (real, _) in enumerate(ctx["micro"]):
+            real = real.detach().requires_grad_(True)
+            with autocast(precision, self.device):
+                logits = D.module(real)
+            (grad,) = torch.autograd.grad(logits.float().sum(), real, create_graph=True)
+            penalty = grad.float().square().sum(dim=tuple(range(1, grad.ndim))).mean()
+            if self._finite(penalty, "R1"):
+                D.backward(penalty * (self.r1_gamma / 2 * self.r1_interval), i, wrapped=False)
+                self._record((4,), (penalty.detach(),))
+            else:
+                D.drop(i)
+        D.step()
 
     def g_main(self, ctx: dict) -> None:
-        D = unwrap(self.D)  # no gradient for D here, so nothing of D to all-reduce
+        G, last = self.G, self.accum - 1
+        D = self.D.module  # frozen and unwrapped: see engines.py
         D.requires_grad_(False)
         try:
-            with self.autocast():
-                fake_logits = D(ctx["fake"])
-            loss = kernels.gan_g_loss(fake_logits)
-            self.opt_G.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt_G.step()
+            for i, (_, z) in enumerate(ctx["micro"]):
+                with G.sync(i == last):
+                    with self.autocast():
+                        fake = ctx["fake"][i] if "fake" in ctx else G.wrapped(z)
+                        fake_logits = D(fake)
+                    loss = kernels.gan_g_loss(fake_logits)
+                    if self._finite(loss, "G"):
+                        G.backward(loss, i)
+                        self._record((1,), (loss.detach(),))
+                    else:
+                        G.drop(i)
+            G.step()
         finally:
             D.requires_grad_(True)
-        self._record((1,), (loss.detach(),))
 
     def _record(self, idx: tuple[int, ...], values: tuple[torch.Tensor, ...]) -> None:
         for k, v in zip(idx, values):
             self.stat_sum[k] += v.float()
             self.stat_count[k] += 1
 
+    def skip_counts(self) -> list[int]:
+        """[non-finite micro-batches dropped, G overflow skips, D overflow skips], totals."""
+        return [self.nonfinite_skips, self.G.overflow_skips, self.D.overflow_skips]
+
     def take_stats(self) -> tuple[list[str], torch.Tensor]:
         """(names, means) of the statistics recorded since the last call, then reset.
 
-        Only statistics recorded at least once are returned (R1 may not have run); the
-        names are the same on every rank, so the means can be all-reduced as they are.
+        Only statistics recorded at least once are returned (R1 may not have run, or
+        every loss may have been non-finite); the names are the same on every rank,
+        since drops are decided together, so the means can be all-reduced as they are.
         """
         names = [n for n, c in zip(STAT_NAMES, self.stat_count) if c]
         idx = [i for i, c in enumerate(self.stat_count) if c]

@@ -1,7 +1,8 @@
 """Numeric precision: which one to use, and the autocast context around forward passes.
 
-bf16 needs no loss scaling (it has fp32's exponent range), so autocast alone is enough;
-losses and their statistics are computed in fp32 by fastgan.kernels either way.
+bf16 needs no loss scaling (it has fp32's exponent range), so autocast alone is enough.
+fp16 does: each network gets its own loss scaler (engines.py). Losses and their
+statistics are computed in fp32 by fastgan.kernels either way.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def resolve_precision(precision: str, device: torch.device, *, points: bool = Fa
 
 def autocast(precision: str, device: torch.device):
     """Autocast for the forward passes; a no-op context in fp32."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=dtype)
     return contextlib.nullcontext()

@@ -1,0 +1,341 @@
+"""How G and D are trained across ranks: the one place that knows DDP and DeepSpeed.
+
+Each network gets an :class:`Engine`: its plain module, the wrapper that the network's own
+phases run through, its optimizer (and fp16 loss scaler), and what the phases need of
+them: micro-batch synchronisation, backward, step, save and load. ``--strategy``:
+
+none       one process: the module itself.
+ddp        one DistributedDataParallel wrapper per network.
+deepspeed  one DeepSpeed engine per network, each with its own config (ZeRO stage,
+           precision, batch, clipping, and the optimizer fastgan hands it), so a setting
+           meant for one network never reaches the other (DeepSpeed #1975).
+
+G's loss flows back through D. That backward must leave D alone: the G phase freezes D's
+parameters and calls D's *plain* module, so DDP waits for no gradient of D and DeepSpeed's
+ZeRO-2 gradient hooks on D's parameters never fire. Those hooks firing inside G's
+backward is DeepSpeed #4923 (its GAN example raises a TypeError under ZeRO-2): with D
+frozen and unwrapped there, they have nothing to do, at any ZeRO stage.
+
+BatchNorm buffers: DDP is built with ``broadcast_buffers=False`` (as StyleGAN2-ADA does).
+In training mode BatchNorm normalises with each batch's own statistics, so the running
+statistics never touch training, and broadcasting rank 0's buffers before every forward
+(DDP's default) would cost a collective per forward for nothing. They matter when G runs
+in eval mode (samples, mode metrics, checkpoints), so :func:`sync_buffers` averages them
+over ranks first; every rank then holds the same, global estimate.
+
+Non-finite losses are decided before backward, on every rank together (the phases ask
+:func:`fastgan.train.distributed.nonfinite_ranks`). A dropped micro-batch adds nothing;
+a phase whose micro-batches are all dropped takes no optimizer step, on every rank.
+Under DeepSpeed with ``--accum`` > 1 a dropped micro-batch still runs a zero backward, so
+that the engine's micro-step count and ZeRO's gradient hooks stay in step on every rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..errors import UserError
+from .distributed import Dist, all_reduce_grads, all_reduce_mean
+
+log = logging.getLogger("fastgan")
+
+# DeepSpeed keys that fastgan derives from its own flags: a --deepspeed-config that sets
+# them would silently disagree with the flags, so it is an error, naming the flag.
+OWNED_KEYS = {
+    "train_batch_size": "--batch", "train_micro_batch_size_per_gpu": "--batch and --accum",
+    "gradient_accumulation_steps": "--accum", "fp16": "--precision", "bf16": "--precision",
+    "torch_autocast": "--precision", "optimizer": "--lr-g/--lr-d/--beta1/--beta2",
+    "scheduler": "--lr-decay",
+}
+NETWORKS = ("G", "D")
+# DDP without a buffer broadcast before every forward (the flag was renamed in torch 2.13)
+_NO_FORWARD_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else {"broadcast_buffers": False})
+
+
+@dataclass
+class EngineOptions:
+    strategy: str      # none | ddp | deepspeed (resolved)
+    precision: str     # fp32 | bf16 | fp16 (resolved)
+    micro_batch: int   # per rank and micro-step
+    accum: int
+    grad_clip: float
+    zero: int = 1
+    deepspeed_config: str | None = None
+
+
+class Engine:
+    """One network, its optimizer, and the strategy's way of stepping them."""
+
+    def __init__(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer,
+                 opts: EngineOptions, dist: Dist):
+        self.name, self.module, self.optimizer = name, module, optimizer
+        self.opts, self.dist = opts, dist
+        self.accum = opts.accum
+        self.scaler = None
+        self.overflow_skips = 0  # steps a loss scaler (ours or DeepSpeed's) skipped
+        self._good = 0           # micro-batches back-propagated in the current step
+        self._manual_sync = False
+        if opts.strategy == "ddp":
+            ids = [dist.device.index] if dist.device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(module, device_ids=ids,
+                                                   gradient_as_bucket_view=True,
+                                                   **_NO_FORWARD_BUFFER_SYNC)
+        elif opts.strategy == "deepspeed":
+            self.wrapped = _deepspeed_engine(name, module, optimizer, opts, dist)
+        else:
+            self.wrapped = module
+        if opts.precision == "fp16" and opts.strategy != "deepspeed":
+            # one scaler per network: G's and D's gradients differ in scale by orders of
+            # magnitude, and an overflow in one must not shrink the other's scale
+            self.scaler = torch.amp.GradScaler(dist.device.type)
+
+    @property
+    def deepspeed(self) -> bool:
+        return self.opts.strategy == "deepspeed"
+
+    def sync(self, last: bool):
+        """Context for one micro-batch's forward and backward: DDP all-reduces only on the
+        last (DeepSpeed counts micro-steps itself)."""
+        if self.opts.strategy == "ddp" and not last:
+            return self.wrapped.no_sync()
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, micro: int, *, wrapped: bool = True) -> None:
+        """Back-propagate micro-batch ``micro``'s loss (a mean over that micro-batch).
+
+        ``wrapped``: whether the forward ran through the wrapper. DDP all-reduces only
+        what ran through it; R1 runs D's plain module (DDP does not all-reduce double
+        backward, pytorch #63929), so its gradients are all-reduced by hand at step().
+        """
+        self._good += 1
+        if self.deepspeed:
+            self.wrapped.backward(loss)  # divides by the accumulation steps itself
+            if micro < self.accum - 1:
+                self.wrapped.step()      # only counts the micro-step before the boundary
+            return
+        if not wrapped:
+            self._manual_sync = True
+        loss = loss / self.accum if self.accum > 1 else loss
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        loss.backward()
+
+    def drop(self, micro: int) -> None:
+        """Micro-batch ``micro`` is dropped on every rank (a non-finite loss somewhere)."""
+        if self.deepspeed and self.accum > 1:
+            # a zero backward keeps DeepSpeed's micro-step count and ZeRO's gradient hooks
+            # in step on every rank; it adds exactly nothing to the gradients
+            params = [p for p in self.module.parameters() if p.requires_grad]
+            self.wrapped.backward(sum(p.sum() for p in params) * 0.0)
+            if micro < self.accum - 1:
+                self.wrapped.step()
+        elif self.opts.strategy == "ddp" and micro == self.accum - 1 and self._good:
+            # the all-reduce would have come with this micro-batch's backward
+            self._manual_sync = True
+
+    def step(self) -> bool:
+        """The optimizer step closing the current micro-batches; False when skipped."""
+        good, manual = self._good, self._manual_sync
+        self._good, self._manual_sync = 0, False
+        if self.deepspeed:
+            if not good and self.accum == 1:
+                return False  # nothing reached the engine: nothing to undo
+            if not good:
+                log.warning("%s: every micro-batch of this step was dropped; under DeepSpeed "
+                            "the step still runs (on zero gradients)", self.name)
+            before = self.wrapped.skipped_steps
+            self.wrapped.step()
+            if self.wrapped.skipped_steps > before:
+                self.overflow_skips += 1
+                return False
+            return bool(good)
+        if not good:
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        if manual:
+            all_reduce_grads(self.module, self.dist)
+        applied = True
+        if self.scaler is not None:
+            if self.opts.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.module.parameters(), self.opts.grad_clip)
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.scaler.get_scale() < scale:  # the scaler found inf/NaN and skipped
+                self.overflow_skips += 1
+                applied = False
+        else:
+            if self.opts.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.module.parameters(), self.opts.grad_clip)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return applied
+
+    # ------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict:
+        """Optimizer and scaler state (none/ddp); DeepSpeed's lives in save()'s files."""
+        if self.deepspeed:
+            return {"deepspeed": self.name}
+        out = {"optimizer": self.optimizer.state_dict()}
+        if self.scaler is not None:
+            out["scaler"] = self.scaler.state_dict()
+        return out
+
+    def load_state_dict(self, state: dict, ckpt_dir: str | Path | None = None) -> None:
+        if self.deepspeed:
+            if ckpt_dir is None or "deepspeed" not in state:
+                raise UserError(f"checkpoint holds no DeepSpeed state for {self.name}")
+            # DeepSpeed returns (None, None) when nothing is there: never carry on silently
+            path, _ = self.wrapped.load_checkpoint(str(Path(ckpt_dir) / state["deepspeed"]),
+                                                   tag="engine", load_lr_scheduler_states=False)
+            if path is None:
+                raise UserError(f"{ckpt_dir}: no DeepSpeed checkpoint of {self.name}")
+            return
+        if "optimizer" not in state:
+            raise UserError(f"checkpoint holds no optimizer state for {self.name} "
+                            "(was it written under --strategy deepspeed?)")
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+
+    def save_sharded(self, ckpt_dir: Path) -> None:
+        """Every rank calls this: DeepSpeed writes each rank's optimizer partition."""
+        if self.deepspeed:
+            self.wrapped.save_checkpoint(str(ckpt_dir / self.name), tag="engine",
+                                         save_latest=False)
+
+
+def resolve_strategy(strategy: str, world: int) -> str:
+    if strategy == "auto":
+        return "ddp" if world > 1 else "none"
+    if strategy == "none" and world > 1:
+        raise UserError(f"--strategy none: {world} processes were started; use ddp or "
+                        "deepspeed, or start one process")
+    return strategy
+
+
+def build(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer,
+          opt_D: torch.optim.Optimizer, opts: EngineOptions, dist: Dist
+          ) -> tuple[Engine, Engine]:
+    return Engine("G", G, opt_G, opts, dist), Engine("D", D, opt_D, opts, dist)
+
+
+@torch.no_grad()
+def sync_buffers(module: nn.Module, dist: Dist) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over ranks."""
+    if dist.world == 1:
+        return
+    bufs = [b for b in module.buffers() if b.is_floating_point()]
+    if not bufs:
+        return
+    flat = all_reduce_mean(torch.cat([b.reshape(-1).float() for b in bufs]), dist)
+    offset = 0
+    for b in bufs:
+        b.copy_(flat[offset:offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
+# ------------------------------------------------------------------ DeepSpeed
+
+def deepspeed_configs(opts: EngineOptions, world: int) -> dict[str, dict]:
+    """The config of each network's engine: fastgan's flags, then the user's shared block,
+    then the user's block for that network (deep-merged, later wins)."""
+    base = {
+        "train_micro_batch_size_per_gpu": opts.micro_batch,
+        "gradient_accumulation_steps": opts.accum,
+        "train_batch_size": opts.micro_batch * opts.accum * world,
+        "zero_optimization": {"stage": opts.zero},
+        "gradient_clipping": opts.grad_clip,
+        # fastgan's own Adam (fused, one kernel for all tensors) with its per-network lr
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**62,
+        "wall_clock_breakdown": False,
+    }
+    if opts.precision == "fp16":
+        # DeepSpeed's own dynamic loss scaler, one per engine
+        base["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+    # bf16: weights and ZeRO partitions stay fp32; fastgan's autocast covers every forward,
+    # including D's plain module in the G phase, which DeepSpeed's torch_autocast would not.
+    user = _read_user_config(opts.deepspeed_config) if opts.deepspeed_config else {}
+    shared = {k: v for k, v in user.items() if k not in NETWORKS}
+    out = {}
+    for net in NETWORKS:
+        cfg = _merge(_merge(copy.deepcopy(base), shared), user.get(net, {}))
+        stage = cfg.get("zero_optimization", {}).get("stage", 0)
+        if stage not in (0, 1, 2):
+            raise UserError(f"--deepspeed-config: ZeRO stage {stage} for {net}: only 0, 1 and "
+                            "2 are supported (the G phase runs D's plain module, which needs "
+                            "its parameters whole)")
+        out[net] = cfg
+    return out
+
+
+def _read_user_config(path: str) -> dict:
+    try:
+        user = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"--deepspeed-config: cannot read {path}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"--deepspeed-config: {path} is not valid JSON: {e}") from None
+    if not isinstance(user, dict):
+        raise UserError(f"--deepspeed-config: {path} must hold a JSON object")
+    for net in NETWORKS:
+        if not isinstance(user.get(net, {}), dict):
+            raise UserError(f"--deepspeed-config: \"{net}\" must be an object of overrides")
+    for where, block in [("", user), *((f"{n}.", user.get(n, {})) for n in NETWORKS)]:
+        for key in block:
+            if key in OWNED_KEYS:
+                raise UserError(f"--deepspeed-config: {where}{key} comes from "
+                                f"{OWNED_KEYS[key]}; remove it from {path}")
+    return user
+
+
+def _merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = copy.deepcopy(v)
+    return base
+
+
+def _deepspeed_engine(name: str, module: nn.Module, optimizer: torch.optim.Optimizer,
+                      opts: EngineOptions, dist: Dist):
+    try:
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+    except ImportError as e:
+        raise UserError(f"--strategy deepspeed: cannot import deepspeed ({e})") from None
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    if opts.precision == "fp16" and not get_accelerator().is_fp16_supported():
+        raise UserError(f"--precision fp16: DeepSpeed does not support fp16 on "
+                        f"{get_accelerator().device_name()}; use bf16 or fp32")
+    # DeepSpeed reads these even for one process started without a launcher
+    for key, value in (("LOCAL_RANK", dist.local_rank), ("RANK", dist.rank),
+                       ("WORLD_SIZE", dist.world)):
+        os.environ.setdefault(key, str(value))
+    cfg = deepspeed_configs(opts, dist.world)[name]
+    try:
+        engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=cfg,
+                                               dist_init_required=False)
+    except (ValueError, AssertionError) as e:  # DeepSpeed's config validation
+        raise UserError(f"--strategy deepspeed: {name}'s engine rejected its config: "
+                        f"{e}") from None
+    return engine
+

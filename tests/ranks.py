@@ -1,0 +1,94 @@
+"""Training on several real processes (gloo), started by multiprocessing.
+
+``run_train`` starts ``world`` processes, each running ``fastgan train ARGS`` through the
+real loop, and records every rank's G and D parameters at each checkpoint, so that a
+test can compare ranks bitwise. A NaN can be injected into one rank's loss at one step.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _inject_nan(rank: int, nan: dict) -> None:
+    """Make ``nan['loss']`` ('d' or 'g') NaN on ``nan['rank']`` at call ``nan['call']``."""
+    if rank != nan["rank"]:
+        return
+    from fastgan import kernels
+
+    name = {"d": "gan_d_loss", "g": "gan_g_loss"}[nan["loss"]]
+    orig = getattr(kernels, name)
+    calls = [0]
+
+    def poisoned(*args):
+        out = orig(*args)
+        calls[0] += 1
+        if calls[0] != nan["call"]:
+            return out
+        if isinstance(out, tuple):
+            return (out[0] * float("nan"), *out[1:])
+        return out * float("nan")
+
+    setattr(kernels, name, poisoned)
+
+
+def _record_checkpoints(rank: int, out: Path) -> None:
+    """Every rank saves its G and D parameters whenever the loop checkpoints."""
+    from fastgan.train import checkpoint
+
+    orig = checkpoint.save
+
+    def save(run_dir, step, state, generator, keep, **kw):
+        torch.save({"G": state["G"], "D": state["D"]}, out / f"rank{rank}-step{step}.pt")
+        return orig(run_dir, step, state, generator, keep, **kw)
+
+    checkpoint.save = save
+
+
+def _worker(rank, world, port, args, out, nan, errors):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    try:
+        from fastgan import cli
+        from fastgan.train.loop import train
+
+        torch.set_num_threads(1)
+        _record_checkpoints(rank, Path(out))
+        if nan:
+            _inject_nan(rank, nan)
+        cfg = cli.train_config(cli.build_parser().parse_args(["train", *args]))
+        train(cfg)
+    except BaseException:
+        errors[rank] = traceback.format_exc()
+        raise
+
+
+def run_train(args: list[str], world: int, out: Path, nan: dict | None = None) -> Path:
+    """Run ``fastgan train ARGS`` on ``world`` processes; returns ``out`` (the records)."""
+    out.mkdir(parents=True, exist_ok=True)
+    errors = mp.Manager().dict()
+    try:
+        mp.spawn(_worker, args=(world, free_port(), args, str(out), nan, errors),
+                 nprocs=world)
+    except Exception as e:
+        raise AssertionError(f"training failed: {dict(errors) or e}") from None
+    return out
+
+
+def params(out: Path, rank: int, step: int) -> dict[str, torch.Tensor]:
+    """{'G.name': tensor, 'D.name': tensor} of one rank at one checkpoint."""
+    rec = torch.load(out / f"rank{rank}-step{step}.pt", weights_only=True)
+    return {f"{net}.{k}": v for net in ("G", "D") for k, v in rec[net].items()
+            if v.is_floating_point()}
