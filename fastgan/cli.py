@@ -100,6 +100,7 @@ def shard_options(args: argparse.Namespace):
 def _bench_parser(sub) -> argparse.ArgumentParser:
     from .bench import data as bench_data
     from .bench import kernels as bench_kernels
+    from .bench import step as bench_step
 
     p = sub.add_parser("bench", help="measure throughput against baselines",
                        description="Throughput benchmarks; each prints a table of ratios "
@@ -108,6 +109,7 @@ def _bench_parser(sub) -> argparse.ArgumentParser:
     kinds.required = True
     bench_data.main_args(kinds)
     bench_kernels.main_args(kinds)
+    bench_step.main_args(kinds)
     return p
 
 
@@ -174,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                 from .bench import data as bench_data
 
                 bench_data.run(bench_data.from_args(args))
+            elif args.bench == "step":
+                from .bench import step as bench_step
+
+                bench_step.run(bench_step.from_args(args))
             else:
                 from .bench import kernels as bench_kernels
 

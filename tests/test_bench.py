@@ -69,3 +69,51 @@ def test_bench_kernels_measures_every_op_and_pass():
     text = bk.table({"device": "cpu", "copy_gb_s": 100.0, "rows": rows})
     assert "bias_act lrelu [2, 3, 4, 4] channels_last forward+backward" in text
     assert "GAN D-loss step [8, 1] forward" in text
+
+
+def test_bench_step_with_whole_iterations(tmp_path):
+    """fastgan's step and the classic step, and both fed by their loaders, in one run."""
+    from fastgan.bench.data import write_synthetic
+    from pathlib import Path
+
+    write_synthetic(Path(tmp_path / "photos"), 40, 32)
+    r = run_fastgan("shards", str(tmp_path / "photos"), str(tmp_path / "shards"), "--res",
+                    "16", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "step.json"
+    r = run_fastgan("bench", "step", "--res", "16", "--width", "8", "--batch", "8",
+                    "--seconds", "1", "--data", str(tmp_path / "shards"), "--folder",
+                    str(tmp_path / "photos"), "--workers", "1", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    for key in ("img_s", "baseline_img_s", "loader_img_s", "folder_img_s"):
+        assert result[key] > 0, key
+    assert result["speedup"] == pytest.approx(result["img_s"] / result["baseline_img_s"])
+    assert result["strategy"] == "none" and result["precision"] in ("bf16", "fp32")
+    # a DCGAN at 16x16, width 8: the FLOP count is the network's, not zero or absurd
+    assert 1e5 < result["flops_per_img"] < 1e8
+    for row in ("fastgan (none,", "baseline (classic eager step", "fastgan + fastgan loader",
+                "baseline + folder DataLoader"):
+        assert row in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed"])
+def test_bench_step_on_two_ranks(tmp_path, strategy):
+    """Under torchrun every rank steps in lockstep while rank 0 alone runs the baseline."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "step.json"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc-per-node", "2", "-m", "fastgan", "bench", "step", "--arch",
+                        "mlp", "--batch", "32", "--width", "32", "--seconds", "1",
+                        "--strategy", strategy, "--json", str(out)],
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["world"] == 2 and result["strategy"] == strategy
+    assert result["img_s"] > 0 and result["baseline_img_s"] > 0
+    assert r.stdout.count("fastgan bench step:") == 1  # rank 0 alone prints

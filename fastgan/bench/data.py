@@ -23,7 +23,6 @@ import itertools
 import json
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from ..data import images, tar
 from ..data.make_shards import ShardOptions, list_sources, make_shards
 from ..data.sources import shard_set
 from ..data.stream import BatchStream, ImageBatches, make_plan
+from .meter import ROUNDS, Meter
 
 
 @dataclass
@@ -121,33 +121,6 @@ class FolderImages(torch.utils.data.Dataset):
         return x.sub_(0.5).div_(0.5)
 
 
-class Meter:
-    """One pipeline under measurement: ``take()`` processes a batch and returns its size.
-
-    The three pipelines are measured in turns (``ROUNDS`` slices each), so that a
-    machine whose speed drifts (shared cores) shifts them alike and the ratios hold.
-    A loader paused while another is measured fills its prefetch queue; those batches
-    are taken untimed (``drain``) before each slice.
-    """
-
-    def __init__(self, take, drain: int):
-        self.take, self.drain = take, drain
-        self.images, self.seconds = 0, 0.0
-
-    def measure(self, seconds: float) -> None:
-        for _ in range(self.drain):
-            self.take()
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            self.images += self.take()
-        self.seconds += time.perf_counter() - start
-
-    @property
-    def rate(self) -> float:
-        return self.images / self.seconds
-
-
-ROUNDS = 3
 PREFETCH = 4  # batches per worker, for both loaders
 
 
@@ -156,23 +129,32 @@ def _endless(loader):
         yield from loader
 
 
-def loader_meter(opts: DataBenchOptions, data: str) -> Meter:
+def fastgan_batches(data: str, res: int, workers: int, batch: int):
+    """The fastgan loader over local shards, endless: uint8 batches, as training gets them."""
     shards = shard_set(data, count=True)
-    plan = make_plan(shards, mode="resampled", world=1, workers=opts.workers,
-                     batch=opts.batch)
-    it = BatchStream(ImageBatches(shards, opts.res, plan, seed=0, rank=0))
+    plan = make_plan(shards, mode="resampled", world=1, workers=workers, batch=batch)
+    return BatchStream(ImageBatches(shards, res, plan, seed=0, rank=0))
+
+
+def folder_batches(folder: str, res: int, workers: int, batch: int):
+    """The classic folder DataLoader, endless: normalised float batches."""
+    dataset = FolderImages(folder, res)
+    if len(dataset) < batch:
+        raise UserError(f"--folder: {len(dataset)} images in {folder}, fewer than a batch")
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch, shuffle=True, num_workers=workers,
+        persistent_workers=workers > 0, drop_last=True,
+        prefetch_factor=PREFETCH if workers else None)
+    return _endless(loader)
+
+
+def loader_meter(opts: DataBenchOptions, data: str) -> Meter:
+    it = fastgan_batches(data, opts.res, opts.workers, opts.batch)
     return Meter(lambda: len(next(it)), drain=PREFETCH * opts.workers + 2)
 
 
 def folder_meter(opts: DataBenchOptions, folder: str) -> Meter:
-    dataset = FolderImages(folder, opts.res)
-    if len(dataset) < opts.batch:
-        raise UserError(f"--folder: {len(dataset)} images in {folder}, fewer than a batch")
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=opts.batch, shuffle=True, num_workers=opts.workers,
-        persistent_workers=opts.workers > 0, drop_last=True,
-        prefetch_factor=PREFETCH if opts.workers else None)
-    it = _endless(loader)
+    it = folder_batches(folder, opts.res, opts.workers, opts.batch)
     return Meter(lambda: len(next(it)), drain=PREFETCH * opts.workers + 2)
 
 
@@ -231,7 +213,7 @@ def run(opts: DataBenchOptions) -> dict:
                   "limit": limit_meter(encoded, opts.res, opts.batch)}
         for meter in meters.values():  # workers started, caches warm
             meter.measure(0.5)
-            meter.images, meter.seconds = 0, 0.0
+            meter.reset()
         for _ in range(ROUNDS):
             for meter in meters.values():
                 meter.measure(opts.seconds / ROUNDS)
