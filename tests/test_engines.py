@@ -151,3 +151,51 @@ def test_engine_checkpoint_saves_and_loads(tmp_path, strategy):
         assert [f for f in files if f.startswith("zero_pp_rank_")] == [
             "zero_pp_rank_0_mp_rank_00_optim_states.pt",
             "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+
+
+def _comm_worker(rank, port, results):
+    """Count DDP's all-reduces: per network, per phase."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    d = distributed.init("cpu")
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        G, D = MLPGenerator(z_dim=4, width=16), MLPDiscriminator(width=16)
+        opts = engines.EngineOptions(strategy="ddp", precision="fp32", micro_batch=4,
+                                     accum=4, grad_clip=0.0)
+        G_e, D_e = engines.build(G, D, torch.optim.Adam(G.parameters(), 1e-3),
+                                 torch.optim.Adam(D.parameters(), 1e-3), opts, d)
+        calls = {"G": 0, "D": 0}
+
+        def counting(name):
+            def hook(state, bucket):
+                calls[name] += 1
+                fut = torch.distributed.all_reduce(bucket.buffer().div_(2), async_op=True)
+                return fut.get_future().then(lambda f: f.value()[0])
+            return hook
+
+        G_e.wrapped.register_comm_hook(None, counting("G"))
+        D_e.wrapped.register_comm_hook(None, counting("D"))
+        step = GANStep(G_e, D_e, dist=d, precision="fp32", accum=4)
+        real, z = _batch(1, rank)
+        real, z = torch.cat([real, real]), torch.cat([z, z])  # 16 = 4 micro-batches of 4
+        ctx = {"micro": list(zip(real.chunk(4), z.chunk(4)))}
+        step.d_main(ctx)
+        after_d = dict(calls)
+        step.g_main(ctx)
+        results[rank] = (after_d, dict(calls))
+    finally:
+        distributed.shutdown()
+
+
+@pytest.mark.slow
+def test_ddp_all_reduces_once_per_step_and_never_d_in_the_g_phase():
+    """--accum 4: D's gradients are all-reduced on the last micro-batch only (one call
+    per bucket: these MLPs fit one bucket); the G phase all-reduces G's and never D's."""
+    results = mp.Manager().dict()
+    mp.spawn(_comm_worker, args=(free_port(), results), nprocs=2)
+    for rank in (0, 1):
+        after_d, after_g = results[rank]
+        assert after_d == {"G": 0, "D": 1}
+        assert after_g == {"G": 1, "D": 1}
