@@ -84,19 +84,18 @@ def _validate(o: StepBenchOptions) -> None:
         raise UserError(f"--seconds: must be > 0, got {o.seconds}")
 
 
+@contextlib.contextmanager
 def _kernels(setting: str):
-    @contextlib.contextmanager
-    def ctx():
-        old = os.environ.get("FASTGAN_KERNELS")
-        os.environ["FASTGAN_KERNELS"] = setting
-        try:
-            yield
-        finally:
-            if old is None:
-                os.environ.pop("FASTGAN_KERNELS", None)
-            else:
-                os.environ["FASTGAN_KERNELS"] = old
-    return ctx()
+    """FASTGAN_KERNELS=setting for the duration (the dispatch reads it per call)."""
+    old = os.environ.get("FASTGAN_KERNELS")
+    os.environ["FASTGAN_KERNELS"] = setting
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("FASTGAN_KERNELS", None)
+        else:
+            os.environ["FASTGAN_KERNELS"] = old
 
 
 class ClassicStep:
