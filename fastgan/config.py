@@ -44,10 +44,12 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str | None = opt(None, "architecture (default: dcgan for images, mlp for 2-D points)",
-                           choices=("dcgan", "mlp"))
-    z_dim: int | None = opt(None, "latent size (default: 100 for dcgan, 16 for mlp)")
-    width: int | None = opt(None, "channels at full resolution (dcgan, default 64) or hidden "
-                            "units of G (mlp, default 400)")
+                           choices=("dcgan", "stylegan2", "mlp"))
+    z_dim: int | None = opt(None, "latent size (default: 100 for dcgan, 512 for stylegan2, "
+                            "16 for mlp)")
+    width: int | None = opt(None, "channels at full resolution (dcgan, default 64; stylegan2, "
+                            "default 16384 / res up to 512) or hidden units of G (mlp, "
+                            "default 400)")
     pack: int = opt(1, "PacGAN packing: D judges this many samples at once (mlp)")
 
 
@@ -243,9 +245,10 @@ def resolve(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     if m.arch is None:
         m.arch = "mlp" if points else "dcgan"
     if m.z_dim is None:
-        m.z_dim = 16 if m.arch == "mlp" else 100
+        m.z_dim = {"mlp": 16, "stylegan2": 512}.get(m.arch, 100)
     if m.width is None:
-        m.width = 400 if m.arch == "mlp" else 64
+        m.width = {"mlp": 400, "stylegan2": min(16384 // (cfg.data.res or 256), 512)}.get(
+            m.arch, 64)
     d = cfg.data
     if d.workers is None:
         d.workers = 1 if (os.cpu_count() or 1) <= 4 else 4
@@ -272,7 +275,8 @@ def validate(cfg: TrainConfig, points: bool) -> None:
     if points:
         need(m.arch == "mlp", "--arch", f"{m.arch} cannot model 2-D points; use --arch mlp")
     else:
-        need(m.arch != "mlp", "--arch", "mlp models 2-D points only; use --arch dcgan for images")
+        need(m.arch != "mlp", "--arch", "mlp models 2-D points only; use --arch dcgan or "
+             "stylegan2 for images")
         need(d.res is not None and d.res >= 8 and d.res & (d.res - 1) == 0 and d.res <= 1024,
              "--res", f"must be a power of two from 8 to 1024, got {d.res}")
     need(d.workers >= 0, "--workers", f"must be >= 0, got {d.workers}")

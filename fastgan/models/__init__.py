@@ -8,10 +8,12 @@ from torch import nn
 
 from .dcgan import DCGANDiscriminator, DCGANGenerator
 from .mlp import MLPDiscriminator, MLPGenerator
+from .stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
 ARCHS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "dcgan": (DCGANGenerator, DCGANDiscriminator),
     "mlp": (MLPGenerator, MLPDiscriminator),
+    "stylegan2": (StyleGAN2Generator, StyleGAN2Discriminator),
 }
 
 
@@ -19,6 +21,12 @@ def model_kwargs(arch: str, *, res: int | None, z_dim: int, width: int, pack: in
     """Constructor arguments of (G, D) for ``arch``; saved with G so it can be rebuilt."""
     if arch == "dcgan":
         return dict(res=res, z_dim=z_dim, width=width), dict(res=res, width=width)
+    if arch == "stylegan2":
+        # width: channels at full resolution (NVlabs' channel_base / res), up to 8x that
+        # (at most 512) at the low resolutions; w has z's size
+        base, cmax = width * res, min(512, 8 * width)
+        return (dict(res=res, z_dim=z_dim, w_dim=z_dim, channel_base=base, channel_max=cmax),
+                dict(res=res, channel_base=base, channel_max=cmax))
     if arch == "mlp":
         # D is half as wide as G, as in PacGAN's 2-D models (400 and 200 units).
         return dict(z_dim=z_dim, width=width), dict(width=max(1, width // 2), pack=pack)

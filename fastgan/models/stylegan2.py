@@ -1,0 +1,320 @@
+"""StyleGAN2 (Karras et al., 2020): config F's generator and residual discriminator.
+
+Generator: a mapping network (8 equalised-LR fully connected layers, lr x0.01) turns z
+into w; a synthesis network starts from a learned 4x4 constant and, at every
+resolution, runs two modulated 3x3 convolutions (the first upsampling), each followed
+by per-pixel noise and bias + LeakyReLU, and a toRGB (1x1, modulated, not demodulated)
+whose output is added to the upsampled image so far (the "skip" architecture).
+Discriminator: fromRGB at full resolution, then residual blocks (two 3x3 convolutions,
+the second downsampling, beside a 1x1 downsampling skip, summed with gain sqrt(1/2))
+down to 4x4, minibatch standard deviation, a 3x3 convolution and two fully connected
+layers to one logit (or, with labels, a projection onto the label's embedding).
+
+Choices (plain PyTorch ops everywhere except bias + activation):
+* Every weight is stored N(0, 1) and scaled at run time by 1/sqrt(fan_in) (equalised
+  learning rate), every bias + activation is ``fastgan.kernels.bias_act``.
+* Up- and downsampling use the [1, 3, 3, 1] low-pass filter (outer product, sum 1) as
+  a depthwise convolution: a stride-2 transposed convolution for upsampling (zero
+  insertion and filtering in one op, gain 4), padding and a stride-2 convolution for
+  downsampling. The upsampling 3x3 layer is a stride-2 transposed convolution followed
+  by the filter, and the downsampling one the filter followed by a stride-2
+  convolution, as in NVlabs' code, so no layer runs at the higher resolution for nothing.
+* Modulation and demodulation act on the activations, not the weights
+  (``x * s``, a convolution shared by the batch, then ``* d``), which is the same
+  function as a per-sample modulated weight (tested) but runs as one ordinary
+  convolution over the batch.
+* ``clamp`` (conv_clamp in StyleGAN2-ADA) bounds activations, for fp16 layers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import kernels
+
+_LOWPASS_1D = (1.0, 3.0, 3.0, 1.0)
+
+
+def lowpass_filter(channels: int, gain: float, like: torch.Tensor) -> torch.Tensor:
+    """The separable [1, 3, 3, 1] filter, normalised to sum ``gain``, per channel."""
+    f = torch.tensor(_LOWPASS_1D, device=like.device, dtype=torch.float32)
+    f2 = torch.outer(f, f)
+    f2 = f2 * (gain / f2.sum())
+    return f2.to(like.dtype).expand(channels, 1, 4, 4)
+
+
+def upsample2d(x: torch.Tensor) -> torch.Tensor:
+    """2x upsampling: zero insertion and low-pass filtering in one transposed conv."""
+    c = x.shape[1]
+    return F.conv_transpose2d(x, lowpass_filter(c, 4.0, x), stride=2, padding=1, groups=c)
+
+
+def blur(x: torch.Tensor, pad: int, gain: float = 1.0, stride: int = 1) -> torch.Tensor:
+    c = x.shape[1]
+    return F.conv2d(F.pad(x, (pad, pad, pad, pad)), lowpass_filter(c, gain, x),
+                    stride=stride, groups=c)
+
+
+def downsample2d(x: torch.Tensor) -> torch.Tensor:
+    return blur(x, pad=1, stride=2)
+
+
+def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
+
+
+class EqualLinear(nn.Module):
+    """Fully connected, equalised learning rate: weight N(0, 1/lr_mul^2) scaled by
+    lr_mul / sqrt(in) at run time, bias scaled by lr_mul."""
+
+    def __init__(self, in_features: int, out_features: int, act: str = "linear",
+                 lr_mul: float = 1.0, bias_init: float = 0.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init)))
+        self.weight_gain = lr_mul / math.sqrt(in_features)
+        self.bias_gain = lr_mul
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.linear(x, self.weight * self.weight_gain)
+        return kernels.bias_act(x, self.bias * self.bias_gain, dim=1, act=self.act)
+
+
+class EqualConv2d(nn.Module):
+    """Convolution with equalised learning rate, optional low-pass 2x downsampling,
+    and a fused bias + activation."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, act: str = "linear",
+                 bias: bool = True, down: bool = False, clamp: float | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel * kernel)
+        self.act, self.down, self.clamp, self.kernel = act, down, clamp, kernel
+
+    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        w = self.weight * self.weight_gain
+        if self.down:  # filter, then a stride-2 convolution: output exactly half the size
+            x = F.conv2d(blur(x, pad=(self.kernel + 1) // 2), w, stride=2)
+        else:
+            x = F.conv2d(x, w, padding=self.kernel // 2)
+        act_gain = kernels.ACTIVATIONS[self.act].def_gain * gain
+        clamp = self.clamp * gain if self.clamp is not None else None
+        return kernels.bias_act(x, self.bias, dim=1, act=self.act, gain=act_gain, clamp=clamp)
+
+
+def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, *,
+                     demodulate: bool = True, up: bool = False) -> torch.Tensor:
+    """StyleGAN2's modulated convolution: per sample n, the weight W[o, i] * s[n, i],
+    demodulated to unit norm per output channel, applied to x[n].
+
+    Computed on the activations: conv(x * s, W) * d, with
+    d[n, o] = 1 / sqrt(sum_{i,k} (W[o, i, k] s[n, i])^2 + 1e-8).
+    """
+    n, _, k = x.shape[0], weight.shape[1], weight.shape[-1]
+    x = x * styles.to(x.dtype).reshape(n, -1, 1, 1)
+    if up:
+        # transposed conv weight layout is [in, out, k, k]: stride 2, then the filter
+        x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+        x = blur(x, pad=1, gain=4.0)
+    else:
+        x = F.conv2d(x, weight, padding=k // 2)
+    if demodulate:
+        w2 = weight.float().square().sum(dim=(2, 3))                 # [O, I]
+        d = (styles.float().square() @ w2.t() + 1e-8).rsqrt()        # [N, O]
+        x = x * d.to(x.dtype).reshape(n, -1, 1, 1)
+    return x
+
+
+class SynthesisLayer(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
+                 up: bool = False, clamp: float | None = None):
+        super().__init__()
+        self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.register_buffer("noise_const", torch.randn(resolution, resolution))
+        self.weight_gain = 1 / math.sqrt(in_channels * 9)
+        self.up, self.resolution, self.clamp = up, resolution, clamp
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random"):
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d(x, self.weight, styles, up=self.up)
+        if noise_mode == "random":
+            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution,
+                                device=x.device, dtype=x.dtype)
+            x = x + noise * self.noise_strength.to(x.dtype)
+        elif noise_mode == "const":
+            x = x + (self.noise_const * self.noise_strength).to(x.dtype)
+        return kernels.bias_act(x, self.bias, dim=1, act="lrelu", clamp=self.clamp)
+
+
+class ToRGB(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int,
+                 clamp: float | None = None):
+        super().__init__()
+        self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.weight_gain = 1 / math.sqrt(in_channels)
+        self.clamp = clamp
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False)
+        return kernels.bias_act(x, self.bias, dim=1, clamp=self.clamp)
+
+
+def channels_at(res: int, channel_base: int, channel_max: int) -> int:
+    return max(1, min(channel_base // res, channel_max))
+
+
+def _check_resolution(res: int) -> int:
+    levels = int(math.log2(res))
+    if 2**levels != res or res < 8 or res > 1024:
+        raise ValueError(f"stylegan2 needs a power-of-two resolution from 8 to 1024, got {res}")
+    return levels
+
+
+class MappingNetwork(nn.Module):
+    def __init__(self, z_dim: int, w_dim: int, num_ws: int, layers: int = 8,
+                 lr_mul: float = 0.01, c_dim: int = 0, w_avg_beta: float = 0.995):
+        super().__init__()
+        self.z_dim, self.w_dim, self.num_ws, self.c_dim = z_dim, w_dim, num_ws, c_dim
+        self.embed = EqualLinear(c_dim, w_dim) if c_dim else None
+        dims = [z_dim + (w_dim if c_dim else 0)] + [w_dim] * layers
+        self.fcs = nn.ModuleList(EqualLinear(a, b, act="lrelu", lr_mul=lr_mul)
+                                 for a, b in zip(dims[:-1], dims[1:]))
+        self.w_avg_beta = w_avg_beta
+        self.register_buffer("w_avg", torch.zeros(w_dim))
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None,
+                truncation_psi: float = 1.0) -> torch.Tensor:
+        x = normalize_2nd_moment(z.float())
+        if self.embed is not None:
+            if c is None:
+                raise ValueError("this generator is conditional: give labels c")
+            x = torch.cat([x, normalize_2nd_moment(self.embed(c.float()))], dim=1)
+        for fc in self.fcs:
+            x = fc(x)
+        if self.training:  # the running mean of w, for the truncation trick
+            with torch.no_grad():
+                self.w_avg.copy_(x.detach().float().mean(0).lerp(self.w_avg, self.w_avg_beta))
+        ws = x.unsqueeze(1).repeat(1, self.num_ws, 1)
+        if truncation_psi != 1.0:
+            ws = self.w_avg.to(ws.dtype).lerp(ws, truncation_psi)
+        return ws
+
+
+class SynthesisNetwork(nn.Module):
+    def __init__(self, res: int, w_dim: int, channel_base: int, channel_max: int,
+                 channels: int = 3, clamp: float | None = None):
+        super().__init__()
+        levels = _check_resolution(res)
+        self.resolutions = [2**i for i in range(2, levels + 1)]
+        ch = {r: channels_at(r, channel_base, channel_max) for r in self.resolutions}
+        self.const = nn.Parameter(torch.randn(ch[4], 4, 4))
+        self.convs = nn.ModuleList()   # per resolution: [conv0 (up), conv1] or [conv1] at 4
+        self.torgbs = nn.ModuleList()
+        for r in self.resolutions:
+            layers = [] if r == 4 else [SynthesisLayer(ch[r // 2], ch[r], w_dim, r, up=True,
+                                                       clamp=clamp)]
+            layers.append(SynthesisLayer(ch[r], ch[r], w_dim, r, clamp=clamp))
+            self.convs.append(nn.ModuleList(layers))
+            self.torgbs.append(ToRGB(ch[r], channels, w_dim, clamp=clamp))
+        # as NVlabs: each resolution's toRGB shares its w with the next conv
+        self.num_ws = sum(len(c) for c in self.convs) + 1
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+        x = self.const.to(ws.dtype).unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
+        img = None
+        i = 0
+        for convs, torgb in zip(self.convs, self.torgbs):
+            for conv in convs:
+                x = conv(x, ws[:, i], noise_mode)
+                i += 1
+            y = torgb(x, ws[:, i])
+            img = y if img is None else upsample2d(img) + y
+        return img
+
+
+class StyleGAN2Generator(nn.Module):
+    def __init__(self, res: int = 256, z_dim: int = 512, w_dim: int = 512,
+                 channel_base: int = 16384, channel_max: int = 512, mapping_layers: int = 8,
+                 c_dim: int = 0, channels: int = 3, clamp: float | None = None):
+        super().__init__()
+        self.z_dim, self.c_dim = z_dim, c_dim
+        self.synthesis = SynthesisNetwork(res, w_dim, channel_base, channel_max, channels,
+                                          clamp)
+        self.mapping = MappingNetwork(z_dim, w_dim, self.synthesis.num_ws, mapping_layers,
+                                      c_dim=c_dim)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None,
+                truncation_psi: float = 1.0, noise_mode: str = "random") -> torch.Tensor:
+        return self.synthesis(self.mapping(z, c, truncation_psi), noise_mode)
+
+
+def minibatch_std(x: torch.Tensor, group_size: int = 4, num_channels: int = 1) -> torch.Tensor:
+    """Append the standard deviation of each feature over groups of samples (averaged
+    over features and pixels) as ``num_channels`` more channels: D sees how varied a
+    group is, which counters mode collapse. The group is the largest divisor of the
+    batch up to ``group_size``, so that any (micro-)batch size works."""
+    n, c, h, w = x.shape
+    g = max(d for d in range(1, min(group_size, n) + 1) if n % d == 0)
+    f = num_channels
+    y = x.float().reshape(g, -1, f, c // f, h, w)
+    y = (y - y.mean(dim=0)).square().mean(dim=0)
+    y = (y + 1e-8).sqrt().mean(dim=(2, 3, 4))          # [n / g, f]
+    y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w).to(x.dtype)
+    return torch.cat([x, y], dim=1)
+
+
+class DBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, clamp: float | None = None):
+        super().__init__()
+        self.conv0 = EqualConv2d(in_channels, in_channels, 3, act="lrelu", clamp=clamp)
+        self.conv1 = EqualConv2d(in_channels, out_channels, 3, act="lrelu", down=True,
+                                 clamp=clamp)
+        self.skip = EqualConv2d(in_channels, out_channels, 1, bias=False, down=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = math.sqrt(0.5)
+        return self.skip(x, gain=g) + self.conv1(self.conv0(x), gain=g)
+
+
+class StyleGAN2Discriminator(nn.Module):
+    def __init__(self, res: int = 256, channel_base: int = 16384, channel_max: int = 512,
+                 c_dim: int = 0, channels: int = 3, mbstd_group: int = 4,
+                 clamp: float | None = None):
+        super().__init__()
+        levels = _check_resolution(res)
+        ch = {2**i: channels_at(2**i, channel_base, channel_max) for i in range(2, levels + 1)}
+        self.fromrgb = EqualConv2d(channels, ch[res], 1, act="lrelu", clamp=clamp)
+        self.blocks = nn.Sequential(*(DBlock(ch[r], ch[r // 2], clamp)
+                                      for r in (2**i for i in range(levels, 2, -1))))
+        c4 = ch[4]
+        self.mbstd_group = mbstd_group
+        self.conv = EqualConv2d(c4 + 1, c4, 3, act="lrelu", clamp=clamp)
+        self.fc = EqualLinear(c4 * 16, c4, act="lrelu")
+        self.c_dim = c_dim
+        self.cmap_dim = c4 if c_dim else 0
+        self.out = EqualLinear(c4, self.cmap_dim or 1)
+        # the projection discriminator's label embedding (as StyleGAN2-ADA's mapping of c)
+        self.embed = EqualLinear(c_dim, self.cmap_dim) if c_dim else None
+
+    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.blocks(self.fromrgb(img))
+        x = self.conv(minibatch_std(x, self.mbstd_group))
+        x = self.out(self.fc(x.flatten(1)))
+        if self.embed is not None:
+            if c is None:
+                raise ValueError("this discriminator is conditional: give labels c")
+            cmap = normalize_2nd_moment(self.embed(c.float()))
+            x = (x * cmap.to(x.dtype)).sum(dim=1, keepdim=True) / math.sqrt(self.cmap_dim)
+        return x  # [N, 1] logits

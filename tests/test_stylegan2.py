@@ -1,0 +1,155 @@
+"""StyleGAN2's pieces against direct computations, and its shapes at every resolution."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastgan import models
+from fastgan.models import stylegan2 as sg
+
+
+@pytest.mark.parametrize("res", [8, 16, 32, 64, 128, 256, 512, 1024])
+def test_shapes_at_every_resolution(res):
+    g_kw, d_kw = models.model_kwargs("stylegan2", res=res, z_dim=8, width=2)
+    G, D = models.build_generator("stylegan2", g_kw), models.build_discriminator("stylegan2",
+                                                                                 d_kw)
+    x = G(torch.randn(2, 8))
+    assert x.shape == (2, 3, res, res) and torch.isfinite(x).all()
+    assert D(x).shape == (2, 1)
+    levels = int(math.log2(res)) - 1  # resolutions 4 .. res
+    assert G.synthesis.num_ws == 2 * levels  # two convs per level but one at 4x4, + 1
+
+
+def test_rejects_bad_resolution():
+    with pytest.raises(ValueError, match="power-of-two resolution from 8 to 1024"):
+        sg.StyleGAN2Generator(res=48)
+
+
+def test_equalised_learning_rate():
+    torch.manual_seed(0)
+    fc = sg.EqualLinear(400, 300, lr_mul=0.01, bias_init=0.5)
+    # stored N(0, 1/lr_mul^2); used at lr_mul / sqrt(fan_in): unit-variance outputs
+    assert fc.weight.std().item() == pytest.approx(100.0, rel=0.02)
+    x = torch.randn(64, 400)
+    expected = x @ (fc.weight * 0.01 / 20.0).t() + fc.bias * 0.01
+    torch.testing.assert_close(fc(x), expected)
+    assert fc(x).std().item() == pytest.approx(1.0, rel=0.1)
+    # the gradient reaching the stored weight is scaled by the same run-time gain
+    fc(x).sum().backward()
+    torch.testing.assert_close(fc.weight.grad, (torch.ones(64, 300).t() @ x) * 0.01 / 20.0)
+    conv = sg.EqualConv2d(16, 8, 3)
+    y = torch.randn(2, 16, 8, 8)
+    torch.testing.assert_close(conv(y), F.conv2d(y, conv.weight / 12.0, conv.bias, padding=1))
+
+
+def _direct_modconv(x, weight, styles, demodulate, up):
+    """Per sample: modulate the weight, demodulate it, convolve (grouped over the batch)."""
+    n, i, h, w = x.shape
+    o, _, k, _ = weight.shape
+    wn = weight[None] * styles[:, None, :, None, None]                    # [N, O, I, k, k]
+    if demodulate:
+        wn = wn * (wn.square().sum(dim=(2, 3, 4), keepdim=True) + 1e-8).rsqrt()
+    out = []
+    for s in range(n):
+        if up:
+            y = F.conv_transpose2d(x[s:s + 1], wn[s].transpose(0, 1), stride=2)
+            y = sg.blur(y, pad=1, gain=4.0)
+        else:
+            y = F.conv2d(x[s:s + 1], wn[s], padding=k // 2)
+        out.append(y)
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("up", [False, True])
+@pytest.mark.parametrize("demodulate", [False, True])
+def test_modulated_conv_matches_direct_computation(up, demodulate):
+    torch.manual_seed(0)
+    x, weight = torch.randn(3, 5, 8, 8), torch.randn(4, 5, 3, 3)
+    styles = torch.randn(3, 5)
+    ours = sg.modulated_conv2d(x, weight, styles, demodulate=demodulate, up=up)
+    ref = _direct_modconv(x, weight, styles, demodulate, up)
+    assert ours.shape == (3, 4, 16 if up else 8, 16 if up else 8)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_demodulation_gives_unit_output_variance():
+    torch.manual_seed(0)
+    x = torch.randn(16, 64, 8, 8)
+    y = sg.modulated_conv2d(x, torch.randn(32, 64, 3, 3), torch.randn(16, 64) * 5)
+    # interior pixels (the border sees zero padding)
+    assert y[:, :, 1:-1, 1:-1].std().item() == pytest.approx(1.0, rel=0.1)
+
+
+def test_resampling_filters():
+    x = torch.randn(2, 3, 8, 8)
+    assert sg.upsample2d(x).shape == (2, 3, 16, 16)
+    assert sg.downsample2d(x).shape == (2, 3, 4, 4)
+    ones = torch.ones(1, 2, 8, 8)  # a low-pass filter keeps a constant (away from edges)
+    torch.testing.assert_close(sg.upsample2d(ones)[..., 2:-2, 2:-2], torch.ones(1, 2, 12, 12))
+    torch.testing.assert_close(sg.downsample2d(ones)[..., 1:-1, 1:-1], torch.ones(1, 2, 2, 2))
+
+
+def test_minibatch_std_matches_direct_computation():
+    torch.manual_seed(0)
+    x = torch.randn(8, 6, 4, 4)
+    out = sg.minibatch_std(x, group_size=4)
+    assert out.shape == (8, 7, 4, 4)
+    torch.testing.assert_close(out[:, :6], x)
+    # groups: samples j, j + 2, j + 4, j + 6 (the group index runs slowest)
+    for j in range(2):
+        members = x[j::2]
+        expected = members.std(dim=0, unbiased=False).mean()
+        for s in range(j, 8, 2):
+            torch.testing.assert_close(out[s, 6], torch.full((4, 4), expected.item()))
+    # a batch of 6 uses groups of 3 (the largest divisor up to 4)
+    assert sg.minibatch_std(torch.randn(6, 2, 4, 4), group_size=4).shape == (6, 3, 4, 4)
+
+
+def test_truncation_and_w_average():
+    G = sg.StyleGAN2Generator(res=8, z_dim=8, w_dim=8, channel_base=64, channel_max=16)
+    G.train()
+    G(torch.randn(16, 8))
+    assert G.mapping.w_avg.abs().sum() > 0  # updated in training mode
+    G.eval()
+    before = G.mapping.w_avg.clone()
+    ws = G.mapping(torch.randn(4, 8), truncation_psi=0.0)
+    torch.testing.assert_close(ws, before.expand(4, G.synthesis.num_ws, 8))
+    assert torch.equal(G.mapping.w_avg, before)  # not updated in eval mode
+
+
+def test_label_conditioning():
+    G = sg.StyleGAN2Generator(res=8, z_dim=8, w_dim=8, channel_base=64, channel_max=16, c_dim=3)
+    D = sg.StyleGAN2Discriminator(res=8, channel_base=64, channel_max=16, c_dim=3)
+    c = F.one_hot(torch.tensor([0, 1, 2, 0]), 3)
+    img = G(torch.randn(4, 8), c)
+    assert D(img, c).shape == (4, 1)
+    with pytest.raises(ValueError, match="conditional"):
+        D(img)
+
+
+def test_r1_through_the_network_matches_the_reference_ops(monkeypatch):
+    """R1 (a double backward) through D on the Triton bias_act (interpreted here) equals
+    the same network on plain PyTorch ops."""
+    torch.manual_seed(0)
+    D = sg.StyleGAN2Discriminator(res=16, channel_base=64, channel_max=16)
+    real = torch.randn(4, 3, 16, 16)
+    grads = {}
+    for setting in ("torch", "triton"):
+        monkeypatch.setenv("FASTGAN_KERNELS", setting)
+        D.zero_grad()
+        x = real.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(D(x).sum(), x, create_graph=True)
+        penalty = g.square().sum(dim=(1, 2, 3)).mean()
+        penalty.backward()
+        # the last bias does not change D's input gradient: no gradient there
+        grads[setting] = (penalty.detach(), [torch.zeros_like(p) if p.grad is None
+                                             else p.grad.clone() for p in D.parameters()])
+    torch.testing.assert_close(grads["triton"][0], grads["torch"][0], rtol=1e-4, atol=1e-6)
+    for ours, ref in zip(grads["triton"][1], grads["torch"][1]):
+        torch.testing.assert_close(ours, ref, rtol=1e-3, atol=1e-5)
+    # every weight takes part (biases before a piecewise-linear activation need not:
+    # its second derivative is zero)
+    names = [n for n, _ in D.named_parameters()]
+    assert all(g.abs().sum() > 0 for n, g in zip(names, grads["torch"][1]) if "weight" in n)
