@@ -51,6 +51,8 @@ class ModelConfig:
                             "default 16384 / res up to 512) or hidden units of G (mlp, "
                             "default 400)")
     pack: int = opt(1, "PacGAN packing: D judges this many samples at once (mlp)")
+    cond: bool = opt(False, "condition G and D on the shards' class labels (stylegan2; the "
+                     "manifest must name the classes, as `fastgan shards` writes them)")
 
 
 @dataclass
@@ -63,6 +65,14 @@ class OptimConfig:
                           "fall linearly to zero (0: constant)")
     r1_gamma: float = opt(0.0, "R1 penalty weight on D's gradient at real data (0: off)")
     r1_interval: int = opt(4, "steps between (lazy) R1 penalties")
+    augment: str = opt("none", "diffaug: D sees real and generated images through random "
+                       "colour, translation and cutout (for small datasets)",
+                       choices=("none", "diffaug"))
+    ema_kimg: float | None = opt(None, "half-life of the EMA generator in thousands of images "
+                                 "(0: no EMA; default: 10 for stylegan2, else 0); samples, "
+                                 "metrics and generator.pt use it")
+    ema_rampup: float = opt(0.05, "cap the EMA half-life at this times the images seen "
+                            "(0: no ramp-up)")
 
 
 @dataclass
@@ -220,6 +230,13 @@ PRESETS: dict[str, dict] = {
     "grid": dict(arch="mlp", batch=100, kimg=1400.0, log_every=1000, sample_every=5000,
                  ckpt_every=5000, pack=2, lr_g=1e-3, lr_d=1e-3, lr_decay=0.5),
 }
+# StyleGAN2's recipe (NVlabs' config F / StyleGAN2-ADA's auto config): Adam 0.0025 with
+# betas (0, 0.99), lazy R1 every 16 steps with gamma 0.0002 * res^2 / batch (filled in
+# by resolve), an EMA generator with a 10 kimg half-life.
+ARCH_PRESETS: dict[str, dict] = {
+    "stylegan2": dict(lr_g=0.0025, lr_d=0.0025, beta1=0.0, beta2=0.99, r1_interval=16,
+                      r1_gamma=None, ema_kimg=10.0),
+}
 USER_DATA_DEFAULTS = dict(res=64, arch="dcgan", batch=64, kimg=1000.0, log_every=100,
                           sample_every=1000, ckpt_every=5000)
 
@@ -235,6 +252,9 @@ def resolve(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
         size = shards.resolution
         if size and size >= 8 and size & (size - 1) == 0:  # train at the shards' size
             preset = {**preset, "res": min(size, 1024)}
+    arch = cfg.model.arch if "arch" in explicit else preset.get("arch")
+    if arch in ARCH_PRESETS:  # the architecture's own recipe beats the dataset's DCGAN one
+        preset = {**preset, **ARCH_PRESETS[arch]}
     by_name = {f.name: sec for sec, f in flag_fields(cfg)}
     for key, value in preset.items():
         sec = getattr(cfg, by_name[key])
@@ -246,6 +266,10 @@ def resolve(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
         m.arch = "mlp" if points else "dcgan"
     if m.z_dim is None:
         m.z_dim = {"mlp": 16, "stylegan2": 512}.get(m.arch, 100)
+    if cfg.optim.r1_gamma is None:  # StyleGAN2-ADA's heuristic
+        cfg.optim.r1_gamma = 0.0002 * (cfg.data.res or 32) ** 2 / cfg.loop.batch
+    if cfg.optim.ema_kimg is None:
+        cfg.optim.ema_kimg = 10.0 if m.arch == "stylegan2" else 0.0
     if m.width is None:
         m.width = {"mlp": 400, "stylegan2": min(16384 // (cfg.data.res or 256), 512)}.get(
             m.arch, 64)
@@ -273,6 +297,7 @@ def validate(cfg: TrainConfig, points: bool) -> None:
             raise UserError(f"{flag}: {msg}")
 
     if points:
+        need(o.augment == "none", "--augment", "diffaug works on images, not 2-D points")
         need(m.arch == "mlp", "--arch", f"{m.arch} cannot model 2-D points; use --arch mlp")
     else:
         need(m.arch != "mlp", "--arch", "mlp models 2-D points only; use --arch dcgan or "
@@ -286,6 +311,7 @@ def validate(cfg: TrainConfig, points: bool) -> None:
     need(m.z_dim >= 1, "--z-dim", f"must be >= 1, got {m.z_dim}")
     need(m.width >= 1, "--width", f"must be >= 1, got {m.width}")
     need(m.pack >= 1, "--pack", f"must be >= 1, got {m.pack}")
+    need(not m.cond or m.arch == "stylegan2", "--cond", f"needs --arch stylegan2, not {m.arch}")
     for flag, v in (("--lr-g", o.lr_g), ("--lr-d", o.lr_d)):
         need(0 < v < 1, flag, f"must be in (0, 1), got {v}")
     for flag, v in (("--beta1", o.beta1), ("--beta2", o.beta2)):
@@ -293,6 +319,8 @@ def validate(cfg: TrainConfig, points: bool) -> None:
     need(0 <= o.lr_decay <= 1, "--lr-decay", f"must be in [0, 1], got {o.lr_decay}")
     need(o.r1_gamma >= 0, "--r1-gamma", f"must be >= 0, got {o.r1_gamma}")
     need(o.r1_interval >= 1, "--r1-interval", f"must be >= 1, got {o.r1_interval}")
+    need(o.ema_kimg >= 0, "--ema-kimg", f"must be >= 0, got {o.ema_kimg}")
+    need(o.ema_rampup >= 0, "--ema-rampup", f"must be >= 0, got {o.ema_rampup}")
     need(lp.batch >= 1, "--batch", f"must be >= 1, got {lp.batch}")
     need(lp.batch % m.pack == 0, "--batch", f"{lp.batch} is not a multiple of --pack {m.pack}")
     if m.arch == "mlp" or m.pack > 1:

@@ -22,7 +22,8 @@ def sample(ckpt: str, *, n: int = 64, out: str = "grid.png", seed: int = 0,
     G.load_state_dict(payload["state_dict"])
     G.to(device)
     z = torch.randn(n, payload["z_dim"], generator=torch.Generator().manual_seed(seed))
-    images = sampling.generate(G, z.to(device))
+    c = sampling.class_cycle(n, payload["kwargs"].get("c_dim", 0), device)
+    images = sampling.generate(G, z.to(device), c=c)
     out_path = Path(out)
     if out_path.parent and not out_path.parent.exists():
         raise UserError(f"--out: directory {out_path.parent} does not exist")

@@ -15,12 +15,24 @@ from torch import nn
 
 
 @torch.no_grad()
-def generate(G: nn.Module, z: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-    """G(z) in eval mode (BatchNorm running statistics), in chunks, as float32 on CPU."""
+def class_cycle(n: int, c_dim: int, device=None) -> torch.Tensor | None:
+    """One-hot labels 0, 1, ..., c_dim - 1, 0, 1, ... for n samples (None: unconditional),
+    so that a grid of a conditional G shows every class in turn."""
+    if not c_dim:
+        return None
+    return torch.nn.functional.one_hot(torch.arange(n, device=device) % c_dim, c_dim).float()
+
+
+@torch.no_grad()
+def generate(G: nn.Module, z: torch.Tensor, chunk: int = 512,
+             c: torch.Tensor | None = None) -> torch.Tensor:
+    """G(z) (or G(z, c)) in eval mode (BatchNorm running statistics), in chunks, as
+    float32 on CPU."""
     was_training = G.training
     G.eval()
     try:
-        return torch.cat([G(z[i:i + chunk]).float().cpu() for i in range(0, len(z), chunk)])
+        return torch.cat([(G(z[i:i + chunk]) if c is None else G(z[i:i + chunk], c[i:i + chunk]))
+                          .float().cpu() for i in range(0, len(z), chunk)])
     finally:
         G.train(was_training)
 

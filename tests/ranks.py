@@ -51,7 +51,8 @@ def _record_checkpoints(rank: int, out: Path) -> None:
     orig = checkpoint.save
 
     def save(run_dir, step, state, generator, keep, **kw):
-        torch.save({"G": state["G"], "D": state["D"]}, out / f"rank{rank}-step{step}.pt")
+        torch.save({k: state[k] for k in ("G", "D", "G_ema") if k in state},
+                   out / f"rank{rank}-step{step}.pt")
         return orig(run_dir, step, state, generator, keep, **kw)
 
     checkpoint.save = save
@@ -88,7 +89,8 @@ def run_train(args: list[str], world: int, out: Path, nan: dict | None = None) -
 
 
 def params(out: Path, rank: int, step: int) -> dict[str, torch.Tensor]:
-    """{'G.name': tensor, 'D.name': tensor} of one rank at one checkpoint."""
+    """{'G.name': tensor, 'D.name': tensor, 'G_ema.name': ...} of one rank at one
+    checkpoint."""
     rec = torch.load(out / f"rank{rank}-step{step}.pt", weights_only=True)
-    return {f"{net}.{k}": v for net in ("G", "D") for k, v in rec[net].items()
+    return {f"{net}.{k}": v for net in rec for k, v in rec[net].items()
             if v.is_floating_point()}

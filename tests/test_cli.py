@@ -77,3 +77,18 @@ def test_unwritable_out_and_cache_dir(tmp_path):
                     "--cache-dir", str(blocker / "cache"))
     assert r.returncode == 2 and "--cache-dir" in r.stderr and len(r.stderr.splitlines()) == 1
     assert not (tmp_path / "run").exists()  # a failed start leaves no half-made run
+
+
+def test_stylegan2_recipe_beats_the_dataset_preset(tmp_path):
+    """--arch stylegan2 brings StyleGAN2's optimiser, lazy R1 and EMA; explicit flags win."""
+    r = run_fastgan("train", "--dry-run", "--arch", "stylegan2", "--r1-interval", "8",
+                    cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads(r.stdout)
+    o = cfg["optim"]
+    assert (o["lr_g"], o["lr_d"], o["beta1"], o["beta2"]) == (0.0025, 0.0025, 0.0, 0.99)
+    assert o["r1_interval"] == 8 and o["ema_kimg"] == 10.0
+    assert o["r1_gamma"] == pytest.approx(0.0002 * 32**2 / 64)  # StyleGAN2-ADA's heuristic
+    assert cfg["model"]["z_dim"] == 512
+    r = run_fastgan("train", "--dry-run", cwd=tmp_path)  # DCGAN: no EMA
+    assert json.loads(r.stdout)["optim"]["ema_kimg"] == 0.0

@@ -57,7 +57,7 @@ def test_r1_step_matches_direct_computation():
     (g,) = torch.autograd.grad(before(x).sum(), x, create_graph=True)
     penalty = g.square().sum(1).mean()
     (penalty * 2.0 / 2 * 4).backward()
-    step.d_reg({"micro": [(real, None)]})
+    step.d_reg({"micro": [(real, None, None)]})
     moved = 0
     for p_new, p_old in zip(D.parameters(), before.parameters()):
         if p_old.grad is None:  # the last bias does not change D's input gradient
@@ -75,7 +75,7 @@ def test_g_phase_leaves_d_untouched():
     D = step.D.module
     D_before = copy.deepcopy(D.state_dict())
     z = torch.randn(8, 4)
-    step.g_main({"micro": [(None, z)], "fake": [step.G.module(z)]})
+    step.g_main({"micro": [(None, z, None)], "fake": [step.G.module(z)]})
     for k, v in D.state_dict().items():
         assert torch.equal(v, D_before[k])
     assert all(p.requires_grad for p in D.parameters())

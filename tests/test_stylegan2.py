@@ -127,6 +127,10 @@ def test_label_conditioning():
     assert D(img, c).shape == (4, 1)
     with pytest.raises(ValueError, match="conditional"):
         D(img)
+    other = F.one_hot(torch.tensor([1, 2, 0, 1]), 3)
+    assert not torch.allclose(D(img, c), D(img, other))  # the label reaches D ...
+    z = torch.randn(4, 8)
+    assert not torch.allclose(G(z, c, noise_mode="const"), G(z, other, noise_mode="const"))
 
 
 def test_r1_through_the_network_matches_the_reference_ops(monkeypatch):
@@ -153,3 +157,43 @@ def test_r1_through_the_network_matches_the_reference_ops(monkeypatch):
     # its second derivative is zero)
     names = [n for n, _ in D.named_parameters()]
     assert all(g.abs().sum() > 0 for n, g in zip(names, grads["torch"][1]) if "weight" in n)
+
+
+def test_fp16_only_at_the_highest_resolutions():
+    """Under an fp16 autocast, the 4 highest resolutions run in fp16 (clamped), the rest
+    in fp32, as StyleGAN2-ADA; under bf16 everything runs in bf16."""
+    G = sg.StyleGAN2Generator(res=128, z_dim=8, w_dim=8, channel_base=512, channel_max=16)
+    D = sg.StyleGAN2Discriminator(res=128, channel_base=512, channel_max=16)
+    seen = {}
+    for r, convs in zip(G.synthesis.resolutions, G.synthesis.convs):
+        convs[-1].register_forward_hook(lambda m, i, o, r=r: seen.__setitem__(f"G{r}", o.dtype))
+    for block, r in zip(D.blocks, (128, 64, 32, 16, 8)):
+        block.register_forward_hook(lambda m, i, o, r=r: seen.__setitem__(f"D{r}", o.dtype))
+    for dtype in (torch.float16, torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype):
+            logits = D(G(torch.randn(2, 8)))
+        half = {k for k, v in seen.items() if v == dtype}
+        if dtype == torch.float16:
+            assert half == {"G16", "G32", "G64", "G128", "D128", "D64", "D32", "D16"}
+            assert seen["G4"] == seen["G8"] == seen["D8"] == torch.float32
+            assert logits.dtype == torch.float32  # the 4x4 epilogue runs in fp32
+        else:
+            assert half == set(seen)
+    assert G.synthesis.torgbs[-1].clamp == 256.0  # StyleGAN2-ADA's conv_clamp
+
+
+@pytest.mark.slow
+def test_conditional_training_on_labelled_shards(tmp_path, cache_dir):
+    """--cond: the shapes shards name 16 classes; G and D take them, samples cycle them."""
+    from conftest import run_fastgan
+
+    run = tmp_path / "run"
+    r = run_fastgan("train", "--arch", "stylegan2", "--cond", "--width", "4", "--z-dim", "16",
+                    "--steps", "4", "--batch", "8", "--log-every", "2", "--metric-samples",
+                    "32", "--no-progress", "--out", str(run), "--cache-dir", cache_dir)
+    assert r.returncode == 0, r.stderr[-2000:]
+    gen = torch.load(run / "checkpoints" / "step-00000004" / "generator.pt", weights_only=True)
+    assert gen["kwargs"]["c_dim"] == 16 and gen["ema"]
+    assert any("embed" in k for k in gen["state_dict"])
+    r = run_fastgan("sample", str(run), "--n", "8", "--out", str(tmp_path / "grid.png"))
+    assert r.returncode == 0, r.stderr

@@ -17,7 +17,8 @@ ARCHS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
 }
 
 
-def model_kwargs(arch: str, *, res: int | None, z_dim: int, width: int, pack: int = 1):
+def model_kwargs(arch: str, *, res: int | None, z_dim: int, width: int, pack: int = 1,
+                 c_dim: int = 0):
     """Constructor arguments of (G, D) for ``arch``; saved with G so it can be rebuilt."""
     if arch == "dcgan":
         return dict(res=res, z_dim=z_dim, width=width), dict(res=res, width=width)
@@ -25,8 +26,9 @@ def model_kwargs(arch: str, *, res: int | None, z_dim: int, width: int, pack: in
         # width: channels at full resolution (NVlabs' channel_base / res), up to 8x that
         # (at most 512) at the low resolutions; w has z's size
         base, cmax = width * res, min(512, 8 * width)
-        return (dict(res=res, z_dim=z_dim, w_dim=z_dim, channel_base=base, channel_max=cmax),
-                dict(res=res, channel_base=base, channel_max=cmax))
+        return (dict(res=res, z_dim=z_dim, w_dim=z_dim, channel_base=base, channel_max=cmax,
+                     c_dim=c_dim),
+                dict(res=res, channel_base=base, channel_max=cmax, c_dim=c_dim))
     if arch == "mlp":
         # D is half as wide as G, as in PacGAN's 2-D models (400 and 200 units).
         return dict(z_dim=z_dim, width=width), dict(width=max(1, width // 2), pack=pack)

@@ -23,11 +23,16 @@ Choices (plain PyTorch ops everywhere except bias + activation):
   (``x * s``, a convolution shared by the batch, then ``* d``), which is the same
   function as a per-sample modulated weight (tested) but runs as one ordinary
   convolution over the batch.
-* ``clamp`` (conv_clamp in StyleGAN2-ADA) bounds activations, for fp16 layers.
+* Mixed precision as StyleGAN2-ADA: under an fp16 autocast only the ``num_fp16_res``
+  highest resolutions run in fp16, with activations clamped to +-``clamp`` (256), and
+  the rest in fp32 (fp16's range is too narrow for the low-resolution layers, whose
+  activations and gradients are the largest). Under bf16 (fp32's range) every layer
+  runs in bf16.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -61,6 +66,25 @@ def blur(x: torch.Tensor, pad: int, gain: float = 1.0, stride: int = 1) -> torch
 
 def downsample2d(x: torch.Tensor) -> torch.Tensor:
     return blur(x, pad=1, stride=2)
+
+
+def precision_scope(x: torch.Tensor, fp16: bool):
+    """The context for a block: under an fp16 autocast, blocks not meant for fp16 run
+    with autocast off (their input must then be cast to fp32: see ``as_block_input``)."""
+    kind = x.device.type
+    if (not fp16 and torch.is_autocast_enabled(kind)
+            and torch.get_autocast_dtype(kind) == torch.float16):
+        return torch.autocast(kind, enabled=False)
+    return contextlib.nullcontext()
+
+
+def as_block_input(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if not torch.is_autocast_enabled(x.device.type) else x
+
+
+def fp16_from(res: int, num_fp16_res: int) -> int:
+    """The lowest resolution that runs in fp16 (above any resolution: none)."""
+    return max(res // 2 ** (num_fp16_res - 1), 8) if num_fp16_res > 0 else 2 * res
 
 
 def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -214,9 +238,10 @@ class MappingNetwork(nn.Module):
 
 class SynthesisNetwork(nn.Module):
     def __init__(self, res: int, w_dim: int, channel_base: int, channel_max: int,
-                 channels: int = 3, clamp: float | None = None):
+                 channels: int = 3, clamp: float | None = None, num_fp16_res: int = 4):
         super().__init__()
         levels = _check_resolution(res)
+        self.fp16_res = fp16_from(res, num_fp16_res)
         self.resolutions = [2**i for i in range(2, levels + 1)]
         ch = {r: channels_at(r, channel_base, channel_max) for r in self.resolutions}
         self.const = nn.Parameter(torch.randn(ch[4], 4, 4))
@@ -235,11 +260,13 @@ class SynthesisNetwork(nn.Module):
         x = self.const.to(ws.dtype).unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
         img = None
         i = 0
-        for convs, torgb in zip(self.convs, self.torgbs):
-            for conv in convs:
-                x = conv(x, ws[:, i], noise_mode)
-                i += 1
-            y = torgb(x, ws[:, i])
+        for r, convs, torgb in zip(self.resolutions, self.convs, self.torgbs):
+            with precision_scope(x, r >= self.fp16_res):
+                x, w = as_block_input(x), as_block_input(ws)
+                for conv in convs:
+                    x = conv(x, w[:, i], noise_mode)
+                    i += 1
+                y = torgb(x, w[:, i]).float()
             img = y if img is None else upsample2d(img) + y
         return img
 
@@ -247,11 +274,12 @@ class SynthesisNetwork(nn.Module):
 class StyleGAN2Generator(nn.Module):
     def __init__(self, res: int = 256, z_dim: int = 512, w_dim: int = 512,
                  channel_base: int = 16384, channel_max: int = 512, mapping_layers: int = 8,
-                 c_dim: int = 0, channels: int = 3, clamp: float | None = None):
+                 c_dim: int = 0, channels: int = 3, clamp: float | None = 256.0,
+                 num_fp16_res: int = 4):
         super().__init__()
         self.z_dim, self.c_dim = z_dim, c_dim
         self.synthesis = SynthesisNetwork(res, w_dim, channel_base, channel_max, channels,
-                                          clamp)
+                                          clamp, num_fp16_res)
         self.mapping = MappingNetwork(z_dim, w_dim, self.synthesis.num_ws, mapping_layers,
                                       c_dim=c_dim)
 
@@ -276,8 +304,10 @@ def minibatch_std(x: torch.Tensor, group_size: int = 4, num_channels: int = 1) -
 
 
 class DBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, clamp: float | None = None):
+    def __init__(self, in_channels: int, out_channels: int, clamp: float | None = None,
+                 fp16: bool = False):
         super().__init__()
+        self.fp16 = fp16
         self.conv0 = EqualConv2d(in_channels, in_channels, 3, act="lrelu", clamp=clamp)
         self.conv1 = EqualConv2d(in_channels, out_channels, 3, act="lrelu", down=True,
                                  clamp=clamp)
@@ -285,18 +315,21 @@ class DBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = math.sqrt(0.5)
-        return self.skip(x, gain=g) + self.conv1(self.conv0(x), gain=g)
+        with precision_scope(x, self.fp16):
+            x = as_block_input(x)
+            return self.skip(x, gain=g) + self.conv1(self.conv0(x), gain=g)
 
 
 class StyleGAN2Discriminator(nn.Module):
     def __init__(self, res: int = 256, channel_base: int = 16384, channel_max: int = 512,
                  c_dim: int = 0, channels: int = 3, mbstd_group: int = 4,
-                 clamp: float | None = None):
+                 clamp: float | None = 256.0, num_fp16_res: int = 4):
         super().__init__()
         levels = _check_resolution(res)
+        self.fp16_res = fp16_from(res, num_fp16_res)
         ch = {2**i: channels_at(2**i, channel_base, channel_max) for i in range(2, levels + 1)}
         self.fromrgb = EqualConv2d(channels, ch[res], 1, act="lrelu", clamp=clamp)
-        self.blocks = nn.Sequential(*(DBlock(ch[r], ch[r // 2], clamp)
+        self.blocks = nn.Sequential(*(DBlock(ch[r], ch[r // 2], clamp, r >= self.fp16_res)
                                       for r in (2**i for i in range(levels, 2, -1))))
         c4 = ch[4]
         self.mbstd_group = mbstd_group
@@ -309,9 +342,13 @@ class StyleGAN2Discriminator(nn.Module):
         self.embed = EqualLinear(c_dim, self.cmap_dim) if c_dim else None
 
     def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.blocks(self.fromrgb(img))
-        x = self.conv(minibatch_std(x, self.mbstd_group))
-        x = self.out(self.fc(x.flatten(1)))
+        with precision_scope(img, img.shape[-1] >= self.fp16_res):
+            x = self.fromrgb(as_block_input(img))
+        x = self.blocks(x)
+        with precision_scope(x, 4 >= self.fp16_res):  # the 4x4 epilogue
+            x = as_block_input(x)
+            x = self.conv(minibatch_std(x, self.mbstd_group))
+            x = self.out(self.fc(x.flatten(1)))
         if self.embed is not None:
             if c is None:
                 raise ValueError("this discriminator is conditional: give labels c")

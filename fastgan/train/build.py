@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .. import models
+from . import augment as augmentations
 from .distributed import Dist
 from .engines import Engine, EngineOptions, build
 from .phases import GANStep
@@ -25,7 +26,7 @@ class GAN:
 
 def build_gan(arch: str, g_kwargs: dict, d_kwargs: dict, *, images: bool, opts: EngineOptions,
               dist: Dist, lr_g: float, lr_d: float, betas: tuple[float, float], seed: int,
-              r1_gamma: float = 0.0, r1_interval: int = 4) -> GAN:
+              r1_gamma: float = 0.0, r1_interval: int = 4, augment: str = "none") -> GAN:
     # Same initial weights on every rank (DDP and DeepSpeed also broadcast them).
     torch.manual_seed(seed)
     G = models.build_generator(arch, g_kwargs).to(dist.device)
@@ -42,5 +43,6 @@ def build_gan(arch: str, g_kwargs: dict, d_kwargs: dict, *, images: bool, opts: 
     opt_D = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas, fused=True)
     G_eng, D_eng = build(G, D, opt_G, opt_D, opts, dist)
     step = GANStep(G_eng, D_eng, dist=dist, precision=opts.precision, accum=opts.accum,
-                   r1_gamma=r1_gamma, r1_interval=r1_interval)
+                   r1_gamma=r1_gamma, r1_interval=r1_interval,
+                   augment=augmentations.build(augment, images))
     return GAN(G, D, G_eng, D_eng, step)

@@ -30,6 +30,7 @@ from ..data.stream import BatchStream, ImageBatches, PointBatches, make_plan
 from ..errors import UserError
 from . import checkpoint, distributed, engines
 from .build import build_gan
+from .ema import EMA
 from .precision import resolve_precision
 
 log = logging.getLogger("fastgan")
@@ -43,15 +44,17 @@ SKIP_NAMES = ("skipped_nonfinite", "skipped_overflow_G", "skipped_overflow_D")
 class ModeScorer:
     """Mode metrics of G on a fixed z: the shapes oracle, or PacGAN's 2-D metrics."""
 
-    def __init__(self, dataset: str | None, n: int, z_dim: int, seed: int, device):
+    def __init__(self, dataset: str | None, n: int, z_dim: int, seed: int, device,
+                 c_dim: int = 0):
         self.dataset = dataset
         g = torch.Generator().manual_seed(seed + 1)
         self.z = torch.randn(n, z_dim, generator=g).to(device)
+        self.c = sampling.class_cycle(n, c_dim, device)  # a conditional G: every class
 
     def __call__(self, G) -> dict:
         if self.dataset is None:
             return {}
-        out = sampling.generate(G, self.z)
+        out = sampling.generate(G, self.z, c=self.c)
         if self.dataset in builtin.POINT_SETS:
             return builtin.POINT_SETS[self.dataset]().metrics(out.numpy())
         modes = builtin.classify_shapes(sampling.to_uint8(out))
@@ -98,8 +101,15 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                             f"{e.strerror or e}") from None
 
     precision = resolve_precision(cfg.run.precision, device, points=spec.kind == "points")
+    c_dim = 0
+    if m.cond:
+        classes = spec.shards.labels if spec.kind == "images" and spec.shards else None
+        if not classes:
+            raise UserError(f"--cond: {cfg.data.data} names no classes (a manifest with "
+                            "labels, as `fastgan shards` writes for class subfolders)")
+        c_dim = len(classes)
     g_kwargs, d_kwargs = models.model_kwargs(m.arch, res=cfg.data.res, z_dim=m.z_dim,
-                                             width=m.width, pack=m.pack)
+                                             width=m.width, pack=m.pack, c_dim=c_dim)
     gan = build_gan(m.arch, g_kwargs, d_kwargs, images=spec.kind == "images", dist=d,
                     opts=engines.EngineOptions(
                         strategy=strategy, precision=precision, micro_batch=micro,
@@ -107,8 +117,13 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                         deepspeed_config=cfg.dist.deepspeed_config),
                     lr_g=cfg.optim.lr_g, lr_d=cfg.optim.lr_d,
                     betas=(cfg.optim.beta1, cfg.optim.beta2), seed=cfg.run.seed,
-                    r1_gamma=cfg.optim.r1_gamma, r1_interval=cfg.optim.r1_interval)
+                    r1_gamma=cfg.optim.r1_gamma, r1_interval=cfg.optim.r1_interval,
+                    augment=cfg.optim.augment)
+    # Other randomness (StyleGAN2's noise inputs, augmentations) differs per rank.
+    torch.manual_seed(cfg.run.seed * 1000 + 500 + d.rank)
     G, D, G_eng, D_eng, gan_step = gan.G, gan.D, gan.G_eng, gan.D_eng, gan.step
+    ema = EMA(G, cfg.optim.ema_kimg, cfg.optim.ema_rampup) if cfg.optim.ema_kimg > 0 else None
+    G_eval = ema.module if ema else G  # what samples, metrics and generator.pt use
     z_stream = torch.Generator(device).manual_seed(cfg.run.seed * 1000 + 1)
 
     if spec.kind == "images":
@@ -126,15 +141,16 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
         eng.optimizer, lambda i: lr_scale(i + 1, steps, cfg.optim.lr_decay))
         for eng in (G_eng, D_eng)]
 
-    scorer = ModeScorer(spec.builtin, lp.metric_samples, m.z_dim, cfg.run.seed, device)
+    scorer = ModeScorer(spec.builtin, lp.metric_samples, m.z_dim, cfg.run.seed, device, c_dim)
     grid_z = torch.randn(GRID_SAMPLES if spec.kind == "images" else lp.metric_samples,
                          m.z_dim, generator=torch.Generator().manual_seed(cfg.run.seed + 2)
                          ).to(device)
+    grid_c = sampling.class_cycle(len(grid_z), c_dim, device)  # every class in turn
     generator_meta = {"arch": m.arch, "kwargs": g_kwargs, "kind": spec.kind,
                       "dataset": spec.builtin or cfg.data.data, "z_dim": m.z_dim}
 
     def save_samples(name: str) -> Path:
-        out = sampling.generate(G, grid_z)
+        out = sampling.generate(G_eval, grid_z, c=grid_c)
         path = run_dir / "samples" / f"{name}.png"
         if spec.kind == "images":
             sampling.image_grid(sampling.to_uint8(out), nrow=8, scale=2).save(path)
@@ -144,14 +160,15 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
         return path
 
     def save_checkpoint(step: int) -> Path | None:
-        for net in (G, D):  # BatchNorm's running statistics: the global estimate
+        nets = {"G": G, "D": D, **({"G_ema": G_eval} if ema else {})}
+        for net in nets.values():  # BatchNorm's running statistics: the global estimate
             engines.sync_buffers(net, d)
-        distributed.check_consistent({"G": G, "D": D}, d)
+        distributed.check_consistent(nets, d)
         # every rank's loader position, so that a resumed run continues each stream
         data_states = distributed.all_gather_object(
             batches.state_dict() if isinstance(batches, BatchStream) else None, d)
         state = {
-            "G": G.state_dict(), "D": D.state_dict(),
+            **{name: net.state_dict() for name, net in nets.items()},
             "engines": {"G": G_eng.state_dict(), "D": D_eng.state_dict()},
             "strategy": strategy,
             "sched_G": schedulers[0].state_dict(), "sched_D": schedulers[1].state_dict(),
@@ -160,7 +177,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
             "z_stream": z_stream.get_state(),
             "data": data_states,
         }
-        gen = {**generator_meta, "state_dict": G.state_dict(), "step": step}
+        gen = {**generator_meta, "state_dict": G_eval.state_dict(), "step": step,
+               "ema": ema is not None}
 
         def write_sharded(tmp: Path) -> None:
             for eng in (G_eng, D_eng):
@@ -188,13 +206,20 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
             if spec.kind == "images":
                 real = real.float().div_(127.5).sub_(1.0)
             z = torch.randn(lp.batch, m.z_dim, device=device, generator=z_stream)
-            gan_step(real, z[d.rank * per_rank:(d.rank + 1) * per_rank], step)
+            c = None
+            if c_dim:  # the real images' labels, for D and for G (-1, unlabelled: zeros)
+                labels = torch.tensor(batches.labels, device=device)
+                c = torch.nn.functional.one_hot(labels.clamp(min=0), c_dim).float()
+                c *= (labels >= 0).float().unsqueeze(1)
+            gan_step(real, z[d.rank * per_rank:(d.rank + 1) * per_rank], step, c)
+            if ema is not None:
+                ema.update(G, step * lp.batch, lp.batch)
             for scheduler in schedulers:
                 scheduler.step()
             bar.update(1)
 
             if step % lp.log_every == 0 or step == steps:
-                engines.sync_buffers(G, d)  # the scorer runs G in eval mode
+                engines.sync_buffers(G_eval, d)  # the scorer runs it in eval mode
                 names, means = gan_step.take_stats()
                 stats = distributed.all_reduce_mean(means, d).tolist()
                 data_stats = {}
@@ -213,7 +238,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                         "elapsed_s": round(now - start, 2),
                         **data_stats,
                         **dict(zip(SKIP_NAMES, gan_step.skip_counts())),
-                        **scorer(G),
+                        **scorer(G_eval),
                     }
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
@@ -222,12 +247,12 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                         print(json.dumps(record), file=sys.stderr)
                 last_t, last_step = time.perf_counter(), step
             if lp.sample_every and step % lp.sample_every == 0:
-                engines.sync_buffers(G, d)
+                engines.sync_buffers(G_eval, d)
                 if d.is_main:
                     save_samples(f"step-{step:08d}")
             if lp.ckpt_every and step % lp.ckpt_every == 0 and step != steps:
                 save_checkpoint(step)
-        engines.sync_buffers(G, d)
+        engines.sync_buffers(G_eval, d)
         final_grid = save_samples("final") if d.is_main else None
         final_ckpt = save_checkpoint(steps)
     finally:

@@ -41,6 +41,11 @@ log = logging.getLogger("fastgan")
 STAT_NAMES = ("loss_D", "loss_G", "D(x)", "D(G(z))", "r1")
 
 
+def _call(net, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    """net(x), or net(x, c) for a conditional network."""
+    return net(x) if c is None else net(x, c)
+
+
 @dataclass
 class Phase:
     name: str
@@ -50,8 +55,11 @@ class Phase:
 
 class GANStep:
     def __init__(self, G: Engine, D: Engine, *, dist: Dist, precision: str, accum: int = 1,
-                 r1_gamma: float = 0.0, r1_interval: int = 4):
+                 r1_gamma: float = 0.0, r1_interval: int = 4,
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.G, self.D = G, D
+        # what D sees, real and fake alike: the images, or their augmentations
+        self.aug = augment or (lambda x: x)
         self.dist, self.device, self.precision = dist, dist.device, precision
         self.accum = accum
         self.r1_gamma, self.r1_interval = r1_gamma, r1_interval
@@ -67,14 +75,17 @@ class GANStep:
     def autocast(self):
         return autocast(self.precision, self.device)
 
-    def __call__(self, real: torch.Tensor, z: torch.Tensor, step: int) -> None:
-        """One training step on this rank's ``real`` images and latents ``z``."""
+    def __call__(self, real: torch.Tensor, z: torch.Tensor, step: int,
+                 c: torch.Tensor | None = None) -> None:
+        """One training step on this rank's ``real`` images and latents ``z`` (and, for a
+        conditional GAN, one-hot labels ``c``: the real images', also given to G)."""
         self.step_index = step
-        micro = list(zip(real.chunk(self.accum), z.chunk(self.accum)))
+        cs = c.chunk(self.accum) if c is not None else [None] * self.accum
+        micro = list(zip(real.chunk(self.accum), z.chunk(self.accum), cs))
         ctx: dict = {"micro": micro}
         if self.accum == 1:
             with self.autocast():
-                ctx["fake"] = [self.G.wrapped(micro[0][1])]
+                ctx["fake"] = [_call(self.G.wrapped, micro[0][1], micro[0][2])]
         for phase in self.phases:
             if step % phase.interval == 0:
                 phase.run(ctx)
@@ -83,8 +94,9 @@ class GANStep:
         """Micro-batch i's G(z) for D's update: no graph into G either way."""
         if "fake" in ctx:
             return ctx["fake"][i].detach()
+        _, z, c = ctx["micro"][i]
         with torch.no_grad(), self.autocast():
-            return self.G.module(ctx["micro"][i][1])
+            return _call(self.G.module, z, c)
 
     def _finite(self, loss: torch.Tensor, phase: str) -> bool:
         bad = nonfinite_ranks(loss, self.dist)
@@ -98,12 +110,12 @@ class GANStep:
 
     def d_main(self, ctx: dict) -> None:
         D, last = self.D, self.accum - 1
-        for i, (real, _) in enumerate(ctx["micro"]):
+        for i, (real, _, c) in enumerate(ctx["micro"]):
             fake = self._fake(ctx, i)
             with D.sync(i == last):
                 with self.autocast():
-                    real_logits = D.wrapped(real)
-                    fake_logits = D.wrapped(fake)
+                    real_logits = _call(D.wrapped, self.aug(real), c)
+                    fake_logits = _call(D.wrapped, self.aug(fake), c)
                 loss, d_real, d_fake = kernels.gan_d_loss(real_logits, fake_logits)
                 if self._finite(loss, "D"):
                     D.backward(loss, i)
@@ -119,10 +131,10 @@ class GANStep:
         # DeepSpeed's fp16 keeps the weights themselves in fp16: there it cannot.
         fp32_r1 = self.precision == "fp16" and not D.deepspeed
         precision = "fp32" if fp32_r1 else self.precision
-        for i, (real, _) in enumerate(ctx["micro"]):
+        for i, (real, _, c) in enumerate(ctx["micro"]):
             real = real.detach().requires_grad_(True)
             with autocast(precision, self.device):
-                logits = D.module(real)
+                logits = _call(D.module, self.aug(real), c)  # penalty on the image itself
             (grad,) = torch.autograd.grad(logits.float().sum(), real, create_graph=True)
             penalty = grad.float().square().sum(dim=tuple(range(1, grad.ndim))).mean()
             if self._finite(penalty, "R1"):
@@ -137,11 +149,11 @@ class GANStep:
         D = self.D.module  # frozen and unwrapped: see engines.py
         D.requires_grad_(False)
         try:
-            for i, (_, z) in enumerate(ctx["micro"]):
+            for i, (_, z, c) in enumerate(ctx["micro"]):
                 with G.sync(i == last):
                     with self.autocast():
-                        fake = ctx["fake"][i] if "fake" in ctx else G.wrapped(z)
-                        fake_logits = D(fake)
+                        fake = ctx["fake"][i] if "fake" in ctx else _call(G.wrapped, z, c)
+                        fake_logits = _call(D, self.aug(fake), c)
                     loss = kernels.gan_g_loss(fake_logits)
                     if self._finite(loss, "G"):
                         G.backward(loss, i)
