@@ -162,7 +162,8 @@ class SynthesisLayer(nn.Module):
         self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
         self.bias = nn.Parameter(torch.zeros(out_channels))
-        self.noise_strength = nn.Parameter(torch.zeros([]))
+        # shape [1], not a scalar: DeepSpeed's parameter broadcast cannot view a 0-d tensor
+        self.noise_strength = nn.Parameter(torch.zeros([1]))
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
         self.weight_gain = 1 / math.sqrt(in_channels * 9)
         self.up, self.resolution, self.clamp = up, resolution, clamp
