@@ -33,6 +33,7 @@ Choices (plain PyTorch ops everywhere except bias + activation):
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import torch
@@ -44,12 +45,18 @@ from .. import kernels
 _LOWPASS_1D = (1.0, 3.0, 3.0, 1.0)
 
 
+@functools.lru_cache(maxsize=64)
+def _lowpass_2d(gain: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # built once per (gain, device, dtype): resampling runs in every block of every step,
+    # and a fresh tensor would be a host-to-device copy each time
+    f = torch.tensor(_LOWPASS_1D, dtype=torch.float32)
+    f2 = torch.outer(f, f)
+    return (f2 * (gain / f2.sum())).to(device=device, dtype=dtype)
+
+
 def lowpass_filter(channels: int, gain: float, like: torch.Tensor) -> torch.Tensor:
     """The separable [1, 3, 3, 1] filter, normalised to sum ``gain``, per channel."""
-    f = torch.tensor(_LOWPASS_1D, device=like.device, dtype=torch.float32)
-    f2 = torch.outer(f, f)
-    f2 = f2 * (gain / f2.sum())
-    return f2.to(like.dtype).expand(channels, 1, 4, 4)
+    return _lowpass_2d(gain, like.device, like.dtype).expand(channels, 1, 4, 4)
 
 
 def upsample2d(x: torch.Tensor) -> torch.Tensor:

@@ -117,20 +117,23 @@ def nonfinite_ranks(value: torch.Tensor, d: Dist) -> list[int]:
     return [i for i, b in enumerate(bad.tolist()) if b]
 
 
-def all_reduce_grads(module: nn.Module, d: Dist) -> None:
-    """Average the gradients of ``module`` over ranks (for phases that bypass DDP)."""
-    if d.world == 1:
+def average_in_place(tensors: list[torch.Tensor], d: Dist) -> None:
+    """Average ``tensors`` over ranks, in place, in one all-reduce of their concatenation
+    (in float32 when any is lower precision, so that the sum does not round)."""
+    if d.world == 1 or not tensors:
         return
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([t.reshape(-1).float() for t in tensors])
     dist.all_reduce(flat)
     flat /= d.world
     offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def all_reduce_grads(module: nn.Module, d: Dist) -> None:
+    """Average the gradients of ``module`` over ranks (for phases that bypass DDP)."""
+    average_in_place([p.grad for p in module.parameters() if p.grad is not None], d)
 
 
 def barrier(d: Dist) -> None:

@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import UserError
-from .distributed import Dist, all_reduce_grads, all_reduce_mean
+from .distributed import Dist, all_reduce_grads, average_in_place
 
 log = logging.getLogger("fastgan")
 
@@ -239,16 +239,7 @@ def build(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer,
 @torch.no_grad()
 def sync_buffers(module: nn.Module, dist: Dist) -> None:
     """Average floating-point buffers (BatchNorm running statistics) over ranks."""
-    if dist.world == 1:
-        return
-    bufs = [b for b in module.buffers() if b.is_floating_point()]
-    if not bufs:
-        return
-    flat = all_reduce_mean(torch.cat([b.reshape(-1).float() for b in bufs]), dist)
-    offset = 0
-    for b in bufs:
-        b.copy_(flat[offset:offset + b.numel()].view_as(b))
-        offset += b.numel()
+    average_in_place([b for b in module.buffers() if b.is_floating_point()], dist)
 
 
 # ------------------------------------------------------------------ DeepSpeed
