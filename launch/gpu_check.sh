@@ -1,22 +1,95 @@
 #!/usr/bin/env bash
-# The GPU check, in one go (under 5 minutes on an H100): the kernel tests with Triton
-# compiled for CUDA (not interpreted), then the kernel benchmark. Results go to $OUT
-# (default ./gpu_check_out): device.txt, tests.log, kernels.txt, kernels.json.
-#   bash launch/gpu_check.sh            # from the repository root, fastgan installed
-set -euo pipefail
+# The GPU check, in one go (about 6 minutes on an H100). Stages, in order:
+#   kernels  the kernel tests with Triton compiled for CUDA (not interpreted), the
+#            Triton-path training test, then `fastgan bench kernels`
+#   step     `fastgan bench step`: DCGAN 64 (batch 64) per precision, and StyleGAN2 256
+#            (batch 16, NVlabs' default at 256 on one GPU) in bf16 and fp16
+#   train    short `fastgan train` runs on the GPU (DCGAN, StyleGAN2, DeepSpeed fp16: the
+#            one precision DeepSpeed refuses on CPU) and `fastgan sample` from the result
+# Results go to $OUT (default ./gpu_check_out): summary.txt (the last thing printed) and
+# logs.tar.gz (every log and JSON). Each command has its own timeout; a failing stage
+# does not stop the next one, and the exit status says whether any failed.
+#   bash launch/gpu_check.sh [kernels] [step] [train]   # default: all three
+# fastgan must be importable (an editable install, as the README's).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_check_out}"
-mkdir -p "$OUT"
-unset TRITON_INTERPRET  # compiled kernels on the GPU
-python - <<'PY' | tee "$OUT/device.txt"
+mkdir -p "$OUT/logs"
+LOGS="$OUT/logs"
+unset TRITON_INTERPRET FASTGAN_KERNELS  # compiled kernels on CUDA tensors
+stages="${*:-kernels step train}"
+status=0
+BUDGET="${GPU_CHECK_BUDGET:-480}"  # seconds for all commands; later ones are cut to fit
+run() {  # run NAME SECONDS CMD...: log to $LOGS/NAME.log, note pass/fail in the summary
+    local name=$1 limit=$2; shift 2
+    local t0=$SECONDS rc=0 left=$((BUDGET - SECONDS))
+    if [ "$left" -lt 20 ]; then
+        printf '%-28s skipped (budget of %ss spent)\n' "$name" "$BUDGET" >>"$OUT/summary.txt"
+        status=1; return
+    fi
+    [ "$limit" -le "$left" ] || limit=$left
+    echo "== $name: $*"
+    timeout "$limit" "$@" >"$LOGS/$name.log" 2>&1 || rc=$?
+    tail -n 25 "$LOGS/$name.log"
+    printf '%-28s rc=%-3s %4ss\n' "$name" "$rc" "$((SECONDS - t0))" >>"$OUT/summary.txt"
+    [ "$rc" = 0 ] || status=1
+}
+
+python - <<'PY' | tee "$LOGS/device.txt" >"$OUT/summary.txt"
 import torch, triton
 assert torch.cuda.is_available(), "gpu_check: no CUDA GPU"
-print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
+p = torch.cuda.get_device_properties(0)
+print(f"{p.name}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB; "
+      f"torch {torch.__version__}, CUDA {torch.version.cuda}, triton {triton.__version__}")
 PY
-status=0
-timeout 150 python -m pytest -q tests/test_kernels.py \
-    "tests/test_phases.py::test_training_is_the_same_on_the_triton_path" 2>&1 \
-    | tee "$OUT/tests.log" || status=$?
-timeout 150 python -m fastgan bench kernels --json "$OUT/kernels.json" 2>&1 \
-    | tee "$OUT/kernels.txt" || status=$?
+git rev-parse --short HEAD >>"$OUT/summary.txt" 2>/dev/null
+
+for stage in $stages; do
+case $stage in
+kernels)
+    run kernel_tests 200 python -m pytest -q tests/test_kernels.py \
+        "tests/test_phases.py::test_training_is_the_same_on_the_triton_path"
+    run bench_kernels 150 python -m fastgan bench kernels --json "$LOGS/kernels.json"
+    ;;
+step)
+    for p in fp32 bf16 fp16; do
+        run "step_dcgan64_$p" 90 python -m fastgan bench step --arch dcgan --res 64 \
+            --batch 64 --precision $p --seconds 12 --json "$LOGS/step_dcgan64_$p.json"
+    done
+    run step_dcgan64_bf16_b512 90 python -m fastgan bench step --arch dcgan --res 64 \
+        --batch 512 --precision bf16 --seconds 12 --json "$LOGS/step_dcgan64_bf16_b512.json"
+    for p in bf16 fp16; do
+        run "step_sg2_256_$p" 150 python -m fastgan bench step --arch stylegan2 --res 256 \
+            --batch 16 --precision $p --seconds 30 --json "$LOGS/step_sg2_256_$p.json"
+    done
+    ;;
+train)
+    export FASTGAN_CACHE="$PWD/.gpu-cache"
+    run train_dcgan 150 python -m fastgan train --data builtin:shapes --steps 400 \
+        --log-every 100 --ckpt-every 200 --out "$OUT/run_dcgan" --no-progress
+    run sample 60 python -m fastgan sample "$OUT/run_dcgan" --device cuda --out "$LOGS/grid.png"
+    run train_deepspeed_fp16 150 python -m fastgan train --data builtin:shapes --steps 100 \
+        --log-every 50 --strategy deepspeed --precision fp16 --out "$OUT/run_ds" --no-progress
+    run train_sg2_32 150 python -m fastgan train --data builtin:shapes --arch stylegan2 \
+        --width 32 --steps 200 --log-every 100 --out "$OUT/run_sg2" --no-progress
+    if [ -f "$OUT/run_dcgan/metrics.jsonl" ]; then cp "$OUT/run_dcgan/metrics.jsonl" "$LOGS/dcgan_metrics.jsonl"; fi
+    ;;
+*) echo "gpu_check: unknown stage '$stage' (kernels, step, train)" >&2; exit 2 ;;
+esac
+done
+
+tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs
+rm -rf "$OUT/run_dcgan" "$OUT/run_ds" "$OUT/run_sg2"
+python - "$LOGS" <<'PY' >>"$OUT/summary.txt"
+# One line per bench step result: the figures BENCHMARKS.md takes.
+import json, pathlib, sys
+for f in sorted(pathlib.Path(sys.argv[1]).glob("step_*.json")):
+    r = json.loads(f.read_text())
+    if r.get("flops_per_img"):
+        r["tflop_s"] = r["flops_per_img"] * r["img_s"] / 1e12
+    keys = ("img_s", "baseline_img_s", "speedup", "sec_per_kimg", "tflop_s")
+    print(f.stem, " ".join(f"{k}={r[k]:.4g}" for k in keys if isinstance(r.get(k), (int, float))))
+PY
+echo "=== summary"
+cat "$OUT/summary.txt"
 exit $status
