@@ -30,6 +30,10 @@ def generate(G: nn.Module, z: torch.Tensor, chunk: int = 512,
     float32 on CPU."""
     was_training = G.training
     G.eval()
+    # in the weights' dtype: DeepSpeed's fp16 keeps G itself in fp16
+    dtype = next(G.parameters()).dtype
+    z = z.to(dtype)
+    c = c.to(dtype) if c is not None else None
     try:
         return torch.cat([(G(z[i:i + chunk]) if c is None else G(z[i:i + chunk], c[i:i + chunk]))
                           .float().cpu() for i in range(0, len(z), chunk)])

@@ -34,7 +34,15 @@ def test_deepspeed_configs_per_network(tmp_path):
     assert D["zero_optimization"] == {"stage": 0, "overlap_comm": False}
     assert G["gradient_clipping"] == 1.0 and D["gradient_clipping"] == 0.0
     assert G["fp16"]["enabled"] and G["fp16"] is not D["fp16"]  # one scaler each
+    assert G["fp16"]["auto_cast"]  # the engine casts its fp32 inputs to the fp16 weights
     assert "G" not in G and "D" not in D
+    # bf16: the engine's forward under torch's autocast (a DeepSpeed engine turns an outer
+    # CUDA autocast off), fp32 weights, and gradients reduced in fp32
+    bf16 = engines.deepspeed_configs(_opts(precision="bf16"), 2)["G"]
+    assert bf16["torch_autocast"] == {"enabled": True, "dtype": "bfloat16",
+                                      "lower_precision_safe_modules": []}
+    assert "bf16" not in bf16 and "fp16" not in bf16
+    assert "torch_autocast" not in engines.deepspeed_configs(_opts(precision="fp32"), 2)["G"]
 
 
 @pytest.mark.parametrize("content, message", [
@@ -76,6 +84,8 @@ def test_resolve_strategy():
     (["--strategy", "fsdp"], "--strategy: 'fsdp' is not one of auto, none, ddp, deepspeed"),
     (["--precision", "fp8"], "--precision: 'fp8' is not one of"),
     (["--grad-clip", "-1"], "--grad-clip: must be >= 0"),
+    (["--data", "builtin:shapes", "--arch", "stylegan2", "--strategy", "deepspeed",
+      "--precision", "fp16"], "--precision: fp16 under --strategy deepspeed puts every weight"),
 ])
 def test_bad_distribution_flags(tmp_path, args, message):
     from conftest import run_fastgan
@@ -199,3 +209,27 @@ def test_ddp_all_reduces_once_per_step_and_never_d_in_the_g_phase():
         after_d, after_g = results[rank]
         assert after_d == {"G": 0, "D": 1}
         assert after_g == {"G": 1, "D": 1}
+
+
+def test_deepspeed_bf16_forward_runs_in_bf16_with_fp32_weights():
+    """DeepSpeed takes fastgan's bf16 config: forwards through the engine in bf16, weights
+    and gradients fp32. (On CPU DeepSpeed leaves an outer CPU autocast alone; on CUDA it
+    switches it off, which only the config above prevents: GPU-checked.)"""
+    d = distributed.init("cpu", group_of_one=True)
+    try:
+        G, D = MLPGenerator(z_dim=4, width=16), MLPDiscriminator(width=16)
+        opts = engines.EngineOptions(strategy="deepspeed", precision="bf16", micro_batch=8,
+                                     accum=1, grad_clip=0.0, zero=0)  # grads stay in .grad
+        G_e, D_e = engines.build(G, D, torch.optim.Adam(G.parameters(), 1e-3),
+                                 torch.optim.Adam(D.parameters(), 1e-3), opts, d)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # as the phases call it
+            with torch.no_grad():
+                assert G_e.wrapped(torch.randn(8, 4)).dtype == torch.bfloat16
+            out = D_e.wrapped(torch.randn(8, 2))
+        assert out.dtype == torch.bfloat16
+        D_e.wrapped.backward(out.float().mean())
+        assert all(p.dtype == torch.float32 for p in G.parameters())
+        assert all(p.grad is not None and p.grad.dtype == torch.float32
+                   for p in D.parameters())
+    finally:
+        distributed.shutdown()

@@ -258,11 +258,20 @@ def deepspeed_configs(opts: EngineOptions, world: int) -> dict[str, dict]:
         "steps_per_print": 2**62,
         "wall_clock_breakdown": False,
     }
+    # A DeepSpeed engine turns off any autocast around its forward unless its config
+    # names one, so fastgan's own autocast (which covers the plain-module calls: D in the
+    # G phase, R1) does not reach the forwards that run through the engines.
     if opts.precision == "fp16":
-        # DeepSpeed's own dynamic loss scaler, one per engine
-        base["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
-    # bf16: weights and ZeRO partitions stay fp32; fastgan's autocast covers every forward,
-    # including D's plain module in the G phase, which DeepSpeed's torch_autocast would not.
+        # DeepSpeed's fp16: weights in fp16 and its own dynamic loss scaler, one per
+        # engine; auto_cast casts the float inputs of the engine's forward to fp16.
+        base["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16,
+                        "auto_cast": True}
+    elif opts.precision == "bf16":
+        # Weights, gradients and ZeRO partitions stay fp32; the engine's forward runs
+        # under torch's bf16 autocast. No module is "lower-precision safe": gradients are
+        # all-reduced in fp32 (DeepSpeed would otherwise reduce Linear/Conv ones in bf16).
+        base["torch_autocast"] = {"enabled": True, "dtype": "bfloat16",
+                                  "lower_precision_safe_modules": []}
     user = _read_user_config(opts.deepspeed_config) if opts.deepspeed_config else {}
     shared = {k: v for k, v in user.items() if k not in NETWORKS}
     out = {}

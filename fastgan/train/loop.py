@@ -177,7 +177,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
             "z_stream": z_stream.get_state(),
             "data": data_states,
         }
-        gen = {**generator_meta, "state_dict": G_eval.state_dict(), "step": step,
+        gen = {**generator_meta, "step": step,  # fp32, whatever the training precision
+               "state_dict": {k: v.float() if v.is_floating_point() else v
+                              for k, v in G_eval.state_dict().items()},
                "ema": ema is not None}
 
         def write_sharded(tmp: Path) -> None:
