@@ -83,7 +83,7 @@ class LoopConfig:
     log_every: int | None = opt(None, "steps between log lines / metrics.jsonl records")
     sample_every: int | None = opt(None, "steps between sample grids (0: only at the end)")
     ckpt_every: int | None = opt(None, "steps between checkpoints (0: only at the end)")
-    keep_ckpts: int = opt(3, "newest checkpoints kept")
+    keep_ckpts: int = opt(3, "newest complete checkpoints kept (at least 2)")
     metric_samples: int | None = opt(None, "generated samples scored for mode metrics "
                                      "(default: 2048 images, 2500 points as PacGAN)")
 
@@ -97,6 +97,18 @@ class RunConfig:
                          "network)", choices=("auto", "fp32", "bf16", "fp16"))
     device: str = opt("auto", "device (auto: cuda:LOCAL_RANK when available, else cpu)")
     progress: bool = opt(True, "show a progress bar on rank 0")
+    resume: str = opt("auto", "auto: continue the newest complete checkpoint of --out, or "
+                      "start afresh when there is none; none: refuse a run directory that "
+                      "holds a run; or a checkpoint (or run) directory to continue",
+                      metavar="auto|none|PATH")
+    resume_force: bool = opt(False, "resume even when the configuration differs from the "
+                             "checkpoint's in something that matters (architecture, "
+                             "resolution, batch, world size under DeepSpeed...)")
+    deterministic: bool = opt(False, "deterministic algorithms only (slower on GPUs): a "
+                              "run stopped and resumed is then bitwise the run that never "
+                              "stopped")
+    max_nonfinite: int = opt(20, "stop the run after this many consecutive steps with a "
+                             "NaN/Inf loss (the last good checkpoint is kept)")
 
 
 @dataclass
@@ -112,6 +124,8 @@ class DistConfig:
     accum: int = opt(1, "gradient accumulation: micro-batches per step (the batch is split "
                      "over ranks, then into this many micro-batches)")
     grad_clip: float = opt(0.0, "clip each network's gradient norm to this (0: off)")
+    timeout: int = opt(600, "seconds a collective waits for the other ranks before the run "
+                       "fails with an error (a dead or stuck peer), instead of hanging")
 
 
 @dataclass
@@ -289,8 +303,13 @@ def resolve(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     if lp.metric_samples is None:
         lp.metric_samples = 2500 if points else 2048
     if cfg.run.out is None:
+        # Under torchrun, its run id: the same on every rank and through every restart
+        # (torchrun --max-restarts), so that a restarted job finds its checkpoints.
+        # Otherwise the time (rank 0's is broadcast: see loop.train).
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
         label = (name or "data")
-        cfg.run.out = os.path.join("runs", f"{label}-{m.arch}-{time.strftime('%Y%m%d-%H%M%S')}")
+        cfg.run.out = os.path.join("runs", f"{label}-{m.arch}-" + (
+            run_id if run_id not in ("", "none") else time.strftime('%Y%m%d-%H%M%S')))
     validate(cfg, points)
     return cfg
 
@@ -339,7 +358,9 @@ def validate(cfg: TrainConfig, points: bool) -> None:
     need(lp.log_every >= 1, "--log-every", f"must be >= 1, got {lp.log_every}")
     need(lp.sample_every >= 0, "--sample-every", f"must be >= 0, got {lp.sample_every}")
     need(lp.ckpt_every >= 0, "--ckpt-every", f"must be >= 0, got {lp.ckpt_every}")
-    need(lp.keep_ckpts >= 1, "--keep-ckpts", f"must be >= 1, got {lp.keep_ckpts}")
+    need(lp.keep_ckpts >= 2, "--keep-ckpts", f"must be >= 2 (one may be mid-write when a "
+         f"job dies), got {lp.keep_ckpts}")
+    need(r.max_nonfinite >= 1, "--max-nonfinite", f"must be >= 1, got {r.max_nonfinite}")
     need(lp.metric_samples >= 16, "--metric-samples", f"must be >= 16, got {lp.metric_samples}")
     need(r.seed >= 0, "--seed", f"must be >= 0, got {r.seed}")
     ds = cfg.dist
@@ -349,6 +370,7 @@ def validate(cfg: TrainConfig, points: bool) -> None:
     need(lp.batch % ds.accum == 0, "--batch", f"{lp.batch} does not split into --accum "
          f"{ds.accum} micro-batches")
     need(ds.grad_clip >= 0, "--grad-clip", f"must be >= 0, got {ds.grad_clip}")
+    need(ds.timeout >= 1, "--timeout", f"must be >= 1 second, got {ds.timeout}")
     need(not (m.arch == "stylegan2" and ds.strategy == "deepspeed" and r.precision == "fp16"),
          "--precision", "fp16 under --strategy deepspeed puts every weight in fp16, and "
          "StyleGAN2 keeps its low resolutions in fp32: use bf16, or fp16 with --strategy ddp")

@@ -27,7 +27,8 @@ def class_cycle(n: int, c_dim: int, device=None) -> torch.Tensor | None:
 def generate(G: nn.Module, z: torch.Tensor, chunk: int = 512,
              c: torch.Tensor | None = None) -> torch.Tensor:
     """G(z) (or G(z, c)) in eval mode (BatchNorm running statistics), in chunks, as
-    float32 on CPU."""
+    float32 on CPU. Random draws inside G (StyleGAN2's noise inputs) come from a fork of
+    the RNG: evaluating never shifts the training's random streams (exact resume)."""
     was_training = G.training
     G.eval()
     # in the weights' dtype: DeepSpeed's fp16 keeps G itself in fp16
@@ -35,8 +36,10 @@ def generate(G: nn.Module, z: torch.Tensor, chunk: int = 512,
     z = z.to(dtype)
     c = c.to(dtype) if c is not None else None
     try:
-        return torch.cat([(G(z[i:i + chunk]) if c is None else G(z[i:i + chunk], c[i:i + chunk]))
-                          .float().cpu() for i in range(0, len(z), chunk)])
+        with torch.random.fork_rng(devices=[z.device] if z.device.type == "cuda" else []):
+            return torch.cat([(G(z[i:i + chunk]) if c is None
+                               else G(z[i:i + chunk], c[i:i + chunk])).float().cpu()
+                              for i in range(0, len(z), chunk)])
     finally:
         G.train(was_training)
 

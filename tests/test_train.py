@@ -38,9 +38,18 @@ def test_train_shapes_then_sample(tmp_path, cache_dir):
     img = Image.open(grid)
     assert img.size == (2 * (4 * 34 + 2),) * 2  # 4x4 grid of 32px + 2px padding, x2
 
-    # the same run directory is not silently overwritten
-    r = run_fastgan("train", "--steps", "2", "--out", str(run), "--cache-dir", cache_dir)
-    assert r.returncode == 2 and "already" in r.stderr
+    # the same run directory is never silently overwritten: --resume none refuses it,
+    # the default (auto) continues it: here it is already past the 2 steps asked for
+    common = ("--batch", "16", "--width", "8", "--out", str(run), "--cache-dir", cache_dir)
+    r = run_fastgan("train", "--steps", "2", "--resume", "none", *common)
+    assert r.returncode == 2 and "already holds a run" in r.stderr
+    r = run_fastgan("train", "--steps", "2", *common)
+    assert r.returncode == 0 and "nothing to do" in r.stderr, r.stderr
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ckpts
+    # continuing it with another architecture is refused, naming the difference
+    r = run_fastgan("train", "--steps", "20", *common[:2], "--width", "16", *common[4:])
+    assert r.returncode == 2 and "--width: now 16, checkpoint 8" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

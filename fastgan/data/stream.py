@@ -520,7 +520,16 @@ class PointBatches:
         self.rng = np.random.default_rng([seed, 0x2D])
 
     def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
         per_rank = self.batch // self.world
         lo = self.rank * per_rank
-        while True:
-            yield torch.from_numpy(self.points.sample(self.batch, self.rng)[lo:lo + per_rank])
+        return torch.from_numpy(self.points.sample(self.batch, self.rng)[lo:lo + per_rank])
+
+    def state_dict(self) -> dict:
+        """The stream's position (the same on every rank): its generator's state."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]

@@ -57,7 +57,7 @@ def save(run_dir: str | os.PathLike, step: int, state: dict, generator: dict,
     tmp = root / f".step-{step:08d}.tmp"
     if is_main:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_unfinished(root)  # one checkpoint is written at a time: any other is dead
         tmp.mkdir()
     if sharded is not None:
         barrier()
@@ -84,13 +84,24 @@ def save(run_dir: str | os.PathLike, step: int, state: dict, generator: dict,
     return final
 
 
+def is_complete(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return bool(_NAME.match(p.name)) and (p / MARKER).is_file()
+
+
 def complete(run_dir: str | os.PathLike) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if _NAME.match(p.name) and (p / MARKER).exists()]
-    return sorted(found, key=lambda p: p.name)
+    return sorted((p for p in root.iterdir() if is_complete(p)), key=lambda p: p.name)
+
+
+def _remove_unfinished(root: Path) -> None:
+    """Temporary directories and unmarked checkpoints left by writes that died."""
+    for p in root.iterdir():
+        if p.name.endswith(".tmp") or (_NAME.match(p.name) and not is_complete(p)):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _prune(root: Path, keep: int) -> None:

@@ -34,11 +34,15 @@ class Dist:
         return self.rank == 0
 
 
-def init(device_flag: str = "auto", *, group_of_one: bool = False) -> Dist:
+def init(device_flag: str = "auto", *, group_of_one: bool = False,
+         timeout_s: float = 600) -> Dist:
     """The process group from torchrun's environment.
 
     ``group_of_one``: initialise a group even for a single process (DeepSpeed needs one);
     it lives in memory, with no port to collide with other runs.
+    ``timeout_s``: how long a collective waits for the other ranks. A dead peer then ends
+    the run with an error (gloo: usually at once, its connection drops; NCCL: after the
+    timeout, through its watchdog) instead of a hang, and torchrun can restart the job.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -56,7 +60,7 @@ def init(device_flag: str = "auto", *, group_of_one: bool = False) -> Dist:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(
             backend="nccl" if device.type == "cuda" else "gloo",
-            timeout=datetime.timedelta(minutes=10),
+            timeout=datetime.timedelta(seconds=timeout_s),
         )
     elif world == 1 and group_of_one and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
@@ -115,6 +119,15 @@ def nonfinite_ranks(value: torch.Tensor, d: Dist) -> list[int]:
         dist.all_gather(parts, bad)
         bad = torch.cat(parts)
     return [i for i, b in enumerate(bad.tolist()) if b]
+
+
+def any_rank(flag: bool, d: Dist) -> bool:
+    """Whether ``flag`` is set on any rank; every rank gets the same answer."""
+    if d.world == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def average_in_place(tensors: list[torch.Tensor], d: Dist) -> None:

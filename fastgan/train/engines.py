@@ -337,5 +337,19 @@ def _deepspeed_engine(name: str, module: nn.Module, optimizer: torch.optim.Optim
     except (ValueError, AssertionError) as e:  # DeepSpeed's config validation
         raise UserError(f"--strategy deepspeed: {name}'s engine rejected its config: "
                         f"{e}") from None
+    engine.checkpoint_engine.load = _load_weights_only
     return engine
+
+
+def _load_weights_only(path: str, map_location=None):
+    """DeepSpeed's checkpoint loader with ``weights_only=True`` (its own passes False):
+    loading a checkpoint never runs code from it. Its files hold tensors, containers
+    and the few DeepSpeed classes allowed here by name."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    allowed = [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location=map_location, weights_only=True)
 

@@ -8,6 +8,14 @@ metrics, one line in metrics.jsonl; every --sample-every: a grid from a fixed z;
 The latents of a step are drawn for the whole global batch from one seeded stream and
 each rank takes its slice (as the embedded 2-D data does), so a run's numbers do not
 depend on how many ranks share the batch: 2 ranks of B/2 train like 1 process of B.
+
+A run continues its newest complete checkpoint (``--resume auto``, resume.py): the
+checkpoint holds everything the next step depends on (weights, EMA, optimizers, loss
+scalers, schedulers, the latent stream, every rank's RNG and loader position), and
+evaluation (samples, mode metrics) draws no random number from the training streams,
+so a resumed run is the run that never stopped. SIGTERM/SIGUSR1 on any rank stop every
+rank at the next step boundary, checkpointed (preemption.py); a NaN/Inf loss in
+``--max-nonfinite`` consecutive steps stops the run before it writes a bad checkpoint.
 """
 
 from __future__ import annotations
@@ -28,10 +36,11 @@ from ..data import builtin
 from ..data.sources import resolve_data
 from ..data.stream import BatchStream, ImageBatches, PointBatches, make_plan
 from ..errors import UserError
-from . import checkpoint, distributed, engines
+from . import checkpoint, distributed, engines, resume
 from .build import build_gan
 from .ema import EMA
 from .precision import resolve_precision
+from .preemption import StopRequest
 
 log = logging.getLogger("fastgan")
 
@@ -62,14 +71,43 @@ class ModeScorer:
 
 
 def train(cfg: TrainConfig) -> dict:
-    d = distributed.init(cfg.run.device, group_of_one=cfg.dist.strategy == "deepspeed")
+    if cfg.run.deterministic:
+        _deterministic()
+    d = distributed.init(cfg.run.device, group_of_one=cfg.dist.strategy == "deepspeed",
+                         timeout_s=cfg.dist.timeout)
     try:
-        return _train(cfg, d)
+        # one run directory: rank 0's default (from its clock) for every rank
+        cfg.run.out = distributed.all_gather_object(cfg.run.out, d)[0]
+        with StopRequest() as stop:
+            return _train(cfg, d, stop)
     finally:
         distributed.shutdown()
 
 
-def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
+def _deterministic() -> None:
+    """Deterministic kernels only: what bitwise resume needs on a GPU (cuDNN's autotuned
+    and atomic-add algorithms differ run to run). CPU training is deterministic anyway."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+def _on_main(fn, d: distributed.Dist):
+    """``fn()`` on rank 0, its result (or its UserError) on every rank: a mistake found
+    by rank 0 alone must stop every rank, not leave them waiting in a collective."""
+    out = None
+    if d.is_main:
+        try:
+            out = ("ok", fn())
+        except UserError as e:
+            out = ("error", str(e))
+    out = distributed.all_gather_object(out, d)[0]
+    if out[0] == "error":
+        raise UserError(out[1])
+    return out[1]
+
+
+def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
     device = d.device
     lp, m = cfg.loop, cfg.model
     if lp.batch % d.world:
@@ -88,19 +126,34 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     dc = cfg.data
     spec = resolve_data(dc.data, dc.res, dc.cache_dir, count=dc.sampling == "exact"
                         or dc.epoch_images is None)
+    precision = resolve_precision(cfg.run.precision, device, points=spec.kind == "points")
     run_dir = Path(cfg.run.out)  # created only once the data is known to be there
-    if d.is_main:
-        if (run_dir / "config.json").exists():
-            raise UserError(f"--out: run directory {run_dir} already holds a run; "
-                            "choose another --out")
+    # The checkpoint to continue: rank 0 looks, every rank reads it (checkpoints live on
+    # a filesystem that every node sees, as DeepSpeed's partitions need anyway).
+    ckpt = _on_main(lambda: resume.find(run_dir, cfg.run.resume), d)
+    state = resume.load(ckpt) if ckpt else None
+    if state is not None:
+        _check_resume(cfg, state, ckpt, d, strategy, precision)
+    start_step = state["step"] if state else 0
+    if start_step >= steps:
+        if d.is_main:
+            print(f"fastgan: nothing to do: {ckpt} is at step {start_step}, and --steps/"
+                  f"--kimg ask for {steps}", file=sys.stderr)
+        return {"run_dir": str(run_dir), "steps": steps, "resumed_from": start_step,
+                "checkpoint": str(ckpt)}
+
+    def prepare_run_dir() -> None:
         try:
             (run_dir / "samples").mkdir(parents=True, exist_ok=True)
             (run_dir / "config.json").write_text(cfg.to_json() + "\n")
         except OSError as e:
             raise UserError(f"--out: cannot create run directory {run_dir}: "
                             f"{e.strerror or e}") from None
+        if state is not None:  # records of steps after the checkpoint are lost steps
+            _truncate_metrics(run_dir / "metrics.jsonl", start_step)
 
-    precision = resolve_precision(cfg.run.precision, device, points=spec.kind == "points")
+    _on_main(prepare_run_dir, d)
+
     c_dim = 0
     if m.cond:
         classes = spec.shards.labels if spec.kind == "images" and spec.shards else None
@@ -126,20 +179,38 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     G_eval = ema.module if ema else G  # what samples, metrics and generator.pt use
     z_stream = torch.Generator(device).manual_seed(cfg.run.seed * 1000 + 1)
 
+    same_world = state is not None and state.get("world", 1) == d.world
     if spec.kind == "images":
         plan = make_plan(spec.shards, mode=dc.sampling, world=d.world, workers=dc.workers,
                          batch=per_rank, epoch_images=dc.epoch_images)
+        start = state["data"][d.rank] if same_world else (
+            {"epoch": state["data"][0]["epoch"]} if state else None)
         batches = BatchStream(ImageBatches(spec.shards, dc.res, plan, seed=cfg.run.seed,
-                                           rank=d.rank, shuffle=dc.shuffle))
+                                           rank=d.rank, shuffle=dc.shuffle, start=start))
     else:
-        batches = iter(PointBatches(spec.builtin, lp.batch, seed=cfg.run.seed, rank=d.rank,
-                                    world=d.world))
+        batches = PointBatches(spec.builtin, lp.batch, seed=cfg.run.seed, rank=d.rank,
+                               world=d.world)
+        if state is not None:
+            batches.load_state_dict(state["points"])
 
     # LambdaLR counts from 0 and is stepped after each training step, so index i is
     # training step i + 1.
     schedulers = [torch.optim.lr_scheduler.LambdaLR(
         eng.optimizer, lambda i: lr_scale(i + 1, steps, cfg.optim.lr_decay))
         for eng in (G_eng, D_eng)]
+    if state is not None:
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+        if ema is not None:  # a run that had no EMA starts its average from G
+            ema.module.load_state_dict(state.get("G_ema", G.state_dict()))
+        G_eng.load_state_dict(state["engines"]["G"], ckpt)
+        D_eng.load_state_dict(state["engines"]["D"], ckpt)
+        schedulers[0].load_state_dict(state["sched_G"])
+        schedulers[1].load_state_dict(state["sched_D"])
+        z_stream.set_state(state["z_stream"])
+        gan_step.nonfinite_skips, G_eng.overflow_skips, D_eng.overflow_skips = state["skips"]
+        if same_world:  # last: nothing above may draw from the restored streams
+            resume.set_rng_state(state["rng"][d.rank], device)
 
     scorer = ModeScorer(spec.builtin, lp.metric_samples, m.z_dim, cfg.run.seed, device, c_dim)
     grid_z = torch.randn(GRID_SAMPLES if spec.kind == "images" else lp.metric_samples,
@@ -167,15 +238,18 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
         # every rank's loader position, so that a resumed run continues each stream
         data_states = distributed.all_gather_object(
             batches.state_dict() if isinstance(batches, BatchStream) else None, d)
+        rng_states = distributed.all_gather_object(resume.rng_state(device), d)
         state = {
             **{name: net.state_dict() for name, net in nets.items()},
             "engines": {"G": G_eng.state_dict(), "D": D_eng.state_dict()},
-            "strategy": strategy,
+            "strategy": strategy, "precision": precision, "world": d.world,
             "sched_G": schedulers[0].state_dict(), "sched_D": schedulers[1].state_dict(),
-            "step": step, "config": cfg.to_dict(),
-            "rng_cpu": torch.get_rng_state(),
+            "step": step, "kimg": step * lp.batch / 1000, "config": cfg.to_dict(),
+            "rng": rng_states,
             "z_stream": z_stream.get_state(),
             "data": data_states,
+            "points": batches.state_dict() if isinstance(batches, PointBatches) else None,
+            "skips": gan_step.skip_counts(),
         }
         gen = {**generator_meta, "step": step,  # fp32, whatever the training precision
                "state_dict": {k: v.float() if v.is_floating_point() else v
@@ -196,14 +270,26 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
               f"{f' x {accum} micro-batches' if accum > 1 else ''}, {strategy}, {precision}, "
               f"{device}); "
               f"run directory {run_dir}", file=sys.stderr)
-    bar = tqdm(total=steps, unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1.0,
-               disable=not (d.is_main and cfg.run.progress))
+        restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if restarts != "0":
+            print(f"fastgan: torchrun restart {restarts}", file=sys.stderr)
+        if ckpt is not None:
+            print(f"fastgan: resuming from {ckpt} (step {start_step}, kimg "
+                  f"{start_step * lp.batch / 1000:g})", file=sys.stderr)
+        elif cfg.run.resume == "auto" and (run_dir / "metrics.jsonl").exists():
+            print(f"fastgan: --resume auto: no complete checkpoint in {run_dir}: starting "
+                  "afresh", file=sys.stderr)
+    bar = tqdm(total=steps, initial=start_step, unit="step", dynamic_ncols=True,
+               file=sys.stderr, mininterval=1.0, disable=not (d.is_main and cfg.run.progress))
     metrics_file = open(run_dir / "metrics.jsonl", "a") if d.is_main else None
     start = last_t = time.perf_counter()
-    last_step = 0
+    last_step = start_step
     record: dict = {}
+    nonfinite_streak, nonfinite_seen = 0, gan_step.skip_counts()[0]
+    stopped_by = None
+    final_grid = None
     try:
-        for step in range(1, steps + 1):
+        for step in range(start_step + 1, steps + 1):
             real = next(batches).to(device, non_blocking=True)
             if spec.kind == "images":
                 real = real.float().div_(127.5).sub_(1.0)
@@ -219,6 +305,21 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
             for scheduler in schedulers:
                 scheduler.step()
             bar.update(1)
+            # The ranks drop non-finite micro-batches together, so they count alike.
+            dropped, nonfinite_seen = gan_step.skip_counts()[0] - nonfinite_seen, \
+                gan_step.skip_counts()[0]
+            nonfinite_streak = nonfinite_streak + 1 if dropped else 0
+            if nonfinite_streak >= cfg.run.max_nonfinite:
+                done = checkpoint.complete(run_dir)
+                raise UserError(
+                    f"--max-nonfinite: NaN/Inf losses in {nonfinite_streak} consecutive "
+                    f"steps (to step {step}): stopping; the last good checkpoint is "
+                    f"{done[-1] if done else 'none (no checkpoint yet)'} (lower --lr-g/"
+                    "--lr-d, set --grad-clip or --precision bf16, then --resume it)")
+            if distributed.any_rank(stop.signal is not None, d):
+                stopped_by = stop.name or "a signal on another rank"
+                final_ckpt = save_checkpoint(step)
+                break
 
             if step % lp.log_every == 0 or step == steps:
                 engines.sync_buffers(G_eval, d)  # the scorer runs it in eval mode
@@ -253,22 +354,63 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                 if d.is_main:
                     save_samples(f"step-{step:08d}")
             if lp.ckpt_every and step % lp.ckpt_every == 0 and step != steps:
-                save_checkpoint(step)
-        engines.sync_buffers(G_eval, d)
-        final_grid = save_samples("final") if d.is_main else None
-        final_ckpt = save_checkpoint(steps)
+                if nonfinite_streak:  # keep the good ones: no checkpoint mid-streak
+                    log.warning("step %d: no checkpoint while losses are non-finite "
+                                "(%d step(s) in a row)", step, nonfinite_streak)
+                else:
+                    save_checkpoint(step)
+        else:
+            engines.sync_buffers(G_eval, d)
+            final_grid = save_samples("final") if d.is_main else None
+            final_ckpt = save_checkpoint(steps)
     finally:
         bar.close()
         if metrics_file is not None:
             metrics_file.close()
     distributed.barrier(d)
     elapsed = time.perf_counter() - start
-    summary = {"run_dir": str(run_dir), "steps": steps, "elapsed_s": round(elapsed, 1),
-               "img_s": round(steps * lp.batch / elapsed, 1), "final": record,
-               "samples": str(final_grid), "checkpoint": str(final_ckpt)}
-    if d.is_main:
+    trained = (step if stopped_by else steps) - start_step
+    summary = {"run_dir": str(run_dir), "steps": steps, "resumed_from": start_step,
+               "elapsed_s": round(elapsed, 1), "img_s": round(trained * lp.batch / elapsed, 1),
+               "final": record, "samples": str(final_grid), "checkpoint": str(final_ckpt)}
+    if stopped_by:
+        summary["stopped"] = {"by": stopped_by, "step": step}
+        if d.is_main:
+            print(f"fastgan: stopped by {stopped_by} at step {step} of {steps}; checkpoint "
+                  f"{final_ckpt}; the same command continues it (--resume auto)",
+                  file=sys.stderr)
+    elif d.is_main:
         _print_summary(summary)
     return summary
+
+
+def _check_resume(cfg: TrainConfig, state: dict, ckpt: Path, d: distributed.Dist,
+                  strategy: str, precision: str) -> None:
+    """Refuse (unless --resume-force) to continue a checkpoint under settings that do
+    not fit it; name every other change. Every rank decides alike (same inputs)."""
+    current, saved = cfg.to_dict(), state["config"]
+    # compare what ran, not "auto"
+    current["dist"]["strategy"], current["run"]["precision"] = strategy, precision
+    saved["dist"]["strategy"] = state.get("strategy", saved["dist"]["strategy"])
+    saved["run"]["precision"] = state.get("precision", saved["run"]["precision"])
+    blocking, harmless = resume.differences(saved, current, state.get("world", 1), d.world,
+                                            strategy=strategy)
+    if blocking and not cfg.run.resume_force:
+        raise UserError(f"--resume: {ckpt} was trained with other settings: "
+                        f"{'; '.join(blocking)}. Use the checkpoint's settings, another "
+                        "--out, or --resume-force")
+    if d.is_main and (blocking or harmless):
+        print("fastgan: resuming with changed settings: " + "; ".join(blocking + harmless),
+              file=sys.stderr)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the records of steps after ``step``: the resumed run trains them again."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(keep))
 
 
 def lr_scale(step: int, steps: int, decay: float) -> float:

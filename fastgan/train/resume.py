@@ -1,0 +1,123 @@
+"""Resuming a run: which checkpoint, whether the new command line may continue it, and
+the random-number state of each rank.
+
+``--resume auto`` (the default) continues the newest complete checkpoint of the run
+directory, or starts afresh when there is none, and says which. That is what makes a
+run restarted by torchrun (``--max-restarts``), requeued by SLURM or simply launched
+again with the same command pick up where it stopped. ``--resume none`` refuses a
+run directory that already holds a run; ``--resume PATH`` takes a checkpoint directory
+or another run's newest checkpoint.
+
+A checkpoint restores everything a step depends on (see ``loop.py``): weights, EMA,
+optimizers, loss scalers, schedulers, the latent stream, every rank's RNG and loader
+position. With ``--deterministic`` the resumed run is bitwise the run that never stopped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from . import checkpoint
+
+# Settings a checkpoint cannot be continued under: the saved state would not fit, or
+# would mean something else. (section, field) -> why it matters
+BLOCKING = {
+    ("model", "arch"): "the networks' architecture",
+    ("model", "z_dim"): "G's input",
+    ("model", "width"): "the networks' shapes",
+    ("model", "pack"): "D's input",
+    ("model", "cond"): "the conditioning inputs",
+    ("data", "data"): "the dataset (and the loader position in it)",
+    ("data", "res"): "the resolution",
+    ("loop", "batch"): "the loader position and the per-rank batch",
+    ("run", "precision"): "the loss scalers and DeepSpeed's weight copies",
+    ("dist", "strategy"): "the optimizer state's format",
+}
+DEEPSPEED_BLOCKING = {
+    ("dist", "zero"): "DeepSpeed's optimizer partitions",
+    ("dist", "accum"): "DeepSpeed's engine configuration",
+}
+# Settings that say where and how long a run goes, not what it is: changing them is
+# what a resume is for, and is not even mentioned.
+QUIET = {("run", "out"), ("run", "resume"), ("run", "resume_force"), ("run", "progress"),
+         ("loop", "steps"), ("loop", "kimg")}
+
+
+def find(run_dir: Path, resume: str) -> Path | None:
+    """The checkpoint to continue, or None for a fresh start."""
+    if resume == "none":
+        if (run_dir / "config.json").exists():
+            raise UserError(f"--out: run directory {run_dir} already holds a run; continue "
+                            "it with --resume auto, or choose another --out")
+        return None
+    if resume == "auto":
+        done = checkpoint.complete(run_dir)
+        return done[-1] if done else None
+    path = Path(resume)
+    if not path.exists():
+        raise UserError(f"--resume: no such file or directory: {resume}")
+    if path.is_file():
+        path = path.parent
+    if checkpoint.is_complete(path):
+        return path
+    if (path / checkpoint.STATE).exists():
+        raise UserError(f"--resume: {resume} is an incomplete checkpoint (no "
+                        f"{checkpoint.MARKER} marker: its write never finished)")
+    done = checkpoint.complete(path)
+    if not done:
+        raise UserError(f"--resume: {resume} holds no complete checkpoint")
+    return done[-1]
+
+
+def load(ckpt: Path) -> dict:
+    """The training state of a checkpoint, never running code from it."""
+    try:
+        return torch.load(ckpt / checkpoint.STATE, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, foreign or tampered with: name it
+        raise UserError(f"--resume: {ckpt / checkpoint.STATE} cannot be read ({e})") from None
+
+
+def differences(saved: dict, current: dict, saved_world: int, world: int, *,
+                strategy: str) -> tuple[list[str], list[str]]:
+    """(blocking, harmless) differences between a checkpoint's config and this run's,
+    each as '--flag: now X, checkpoint Y (why it matters)'."""
+    blocking, harmless = [], []
+    rules = {**BLOCKING, **(DEEPSPEED_BLOCKING if strategy == "deepspeed" else {})}
+    quiet = set(QUIET)
+    if current["optim"].get("lr_decay"):  # the decay's schedule follows the run's length
+        quiet -= {("loop", "steps"), ("loop", "kimg")}
+    for section, fields in current.items():
+        for name, value in fields.items():
+            key = (section, name)
+            old = saved.get(section, {}).get(name, value)
+            if old == value or key in quiet:
+                continue
+            line = f"--{name.replace('_', '-')}: now {value!r}, checkpoint {old!r}"
+            if key in rules:
+                blocking.append(f"{line} ({rules[key]})")
+            else:
+                harmless.append(line)
+    if saved_world != world:
+        line = f"world size: now {world}, checkpoint {saved_world}"
+        if strategy == "deepspeed":
+            blocking.append(f"{line} (DeepSpeed's optimizer partitions)")
+        else:
+            harmless.append(f"{line} (each rank's loader restarts its epoch and its random "
+                            "streams are seeded afresh: not an exact continuation)")
+    return blocking, harmless
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
