@@ -1,17 +1,45 @@
 #!/usr/bin/env bash
-# Launch `fastgan train` with torchrun on one node or many.
+# `fastgan train` under torchrun, on one node or many (c10d rendezvous).
 #
-#   launch/torchrun.sh [fastgan train flags...]
+#   launch/torchrun.sh [launcher options] [--] [fastgan train flags...]
 #
-# Environment (defaults for a single node):
-#   NNODES=1  NODE_RANK=0  NPROC_PER_NODE=<GPUs, or 1 on CPU>
-#   MASTER_ADDR=127.0.0.1  MASTER_PORT=29500
-# Example, two nodes (run on each, NODE_RANK 0 and 1):
-#   NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 launch/torchrun.sh --data /data/shards --batch 256
+# Launcher options (each also from the environment; the flag wins):
+#   --nnodes N          NNODES          nodes (default 1)
+#   --node-rank R       NODE_RANK       this node's rank, for the logs (c10d assigns ranks)
+#   --nproc N           NPROC_PER_NODE  processes per node (default: the GPUs, or 1 on CPU)
+#   --endpoint H:P      RDZV_ENDPOINT   rendezvous host:port, the same on every node
+#                                       (default MASTER_ADDR:MASTER_PORT, 127.0.0.1:29500)
+#   --rdzv-id ID        RDZV_ID         job id, the same on every node (default fastgan)
+#   --max-restarts N    MAX_RESTARTS    restarts after a failed worker (default 3): the job
+#                                       restarts and resumes its newest complete checkpoint
+#
+# Every node runs the same command. Two nodes:
+#   node0$ launch/torchrun.sh --nnodes 2 --node-rank 0 --endpoint node0:29500 -- \
+#              --data /shared/shards --out /shared/runs/ffhq --batch 256
+#   node1$ launch/torchrun.sh --nnodes 2 --node-rank 1 --endpoint node0:29500 -- \
+#              --data /shared/shards --out /shared/runs/ffhq --batch 256
+# Checkpoints must live on a filesystem every node sees (--out).
 set -euo pipefail
-nproc=${NPROC_PER_NODE:-$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')}
+nnodes=${NNODES:-1} node_rank=${NODE_RANK:-0} nproc=${NPROC_PER_NODE:-}
+endpoint=${RDZV_ENDPOINT:-${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-29500}}
+rdzv_id=${RDZV_ID:-fastgan} max_restarts=${MAX_RESTARTS:-3}
+while [ $# -gt 0 ]; do
+  case $1 in
+    --nnodes) nnodes=$2; shift 2 ;;
+    --node-rank) node_rank=$2; shift 2 ;;
+    --nproc) nproc=$2; shift 2 ;;
+    --endpoint) endpoint=$2; shift 2 ;;
+    --rdzv-id) rdzv_id=$2; shift 2 ;;
+    --max-restarts) max_restarts=$2; shift 2 ;;
+    --) shift; break ;;
+    *) break ;;
+  esac
+done
+if [ -z "$nproc" ]; then
+  nproc=$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')
+fi
 exec torchrun \
-  --nnodes "${NNODES:-1}" --node-rank "${NODE_RANK:-0}" --nproc-per-node "$nproc" \
-  --rdzv-backend c10d --rdzv-endpoint "${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-29500}" \
-  --rdzv-id "${RDZV_ID:-fastgan}" \
+  --nnodes "$nnodes" --node-rank "$node_rank" --nproc-per-node "$nproc" \
+  --rdzv-backend c10d --rdzv-endpoint "$endpoint" --rdzv-id "$rdzv_id" \
+  --max-restarts "$max_restarts" \
   -m fastgan train "$@"

@@ -23,7 +23,8 @@ def free_port() -> int:
 
 
 def _inject_nan(rank: int, nan: dict) -> None:
-    """Make ``nan['loss']`` ('d' or 'g') NaN on ``nan['rank']`` at call ``nan['call']``."""
+    """Make ``nan['loss']`` ('d' or 'g') NaN on ``nan['rank']`` at call ``nan['call']``
+    (and every call after it with ``nan['onwards']``)."""
     if rank != nan["rank"]:
         return
     from fastgan import kernels
@@ -35,7 +36,7 @@ def _inject_nan(rank: int, nan: dict) -> None:
     def poisoned(*args):
         out = orig(*args)
         calls[0] += 1
-        if calls[0] != nan["call"]:
+        if calls[0] != nan["call"] and not (nan.get("onwards") and calls[0] > nan["call"]):
             return out
         if isinstance(out, tuple):
             return (out[0] * float("nan"), *out[1:])

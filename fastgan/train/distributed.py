@@ -58,9 +58,17 @@ def init(device_flag: str = "auto", *, group_of_one: bool = False,
             raise UserError(f"--device: {device_flag} requested but CUDA is not available")
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
+        timeout = datetime.timedelta(seconds=timeout_s)
+        # torchrun --max-restarts starts each attempt's workers on the same store; keys
+        # of the dead attempt (its ranks' addresses) would then be read before the new
+        # ranks write theirs ("Connection refused"; seen here on the first restart).
+        # A prefix per attempt keeps each attempt to its own keys.
+        store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         dist.init_process_group(
             backend="nccl" if device.type == "cuda" else "gloo",
-            timeout=datetime.timedelta(seconds=timeout_s),
+            store=dist.PrefixStore(f"fastgan/attempt-{attempt}", store),
+            rank=rank, world_size=world, timeout=timeout,
         )
     elif world == 1 and group_of_one and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",

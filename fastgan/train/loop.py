@@ -317,7 +317,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
                     f"{done[-1] if done else 'none (no checkpoint yet)'} (lower --lr-g/"
                     "--lr-d, set --grad-clip or --precision bf16, then --resume it)")
             if distributed.any_rank(stop.signal is not None, d):
-                stopped_by = stop.name or "a signal on another rank"
+                names = distributed.all_gather_object(stop.name, d)
+                stopped_by = ", ".join(f"{n} on rank {r}" for r, n in enumerate(names) if n)
                 final_ckpt = save_checkpoint(step)
                 break
 

@@ -34,7 +34,6 @@ BLOCKING = {
     ("data", "res"): "the resolution",
     ("loop", "batch"): "the loader position and the per-rank batch",
     ("run", "precision"): "the loss scalers and DeepSpeed's weight copies",
-    ("dist", "strategy"): "the optimizer state's format",
 }
 DEEPSPEED_BLOCKING = {
     ("dist", "zero"): "DeepSpeed's optimizer partitions",
@@ -96,7 +95,10 @@ def differences(saved: dict, current: dict, saved_world: int, world: int, *,
             if old == value or key in quiet:
                 continue
             line = f"--{name.replace('_', '-')}: now {value!r}, checkpoint {old!r}"
-            if key in rules:
+            if key == ("dist", "strategy") and "deepspeed" in (old, value):
+                # none and ddp share one optimizer format; DeepSpeed's is its own
+                blocking.append(f"{line} (the optimizer state's format)")
+            elif key in rules:
                 blocking.append(f"{line} ({rules[key]})")
             else:
                 harmless.append(line)
