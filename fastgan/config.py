@@ -371,9 +371,6 @@ def validate(cfg: TrainConfig, points: bool) -> None:
          f"{ds.accum} micro-batches")
     need(ds.grad_clip >= 0, "--grad-clip", f"must be >= 0, got {ds.grad_clip}")
     need(ds.timeout >= 1, "--timeout", f"must be >= 1 second, got {ds.timeout}")
-    need(not (m.arch == "stylegan2" and ds.strategy == "deepspeed" and r.precision == "fp16"),
-         "--precision", "fp16 under --strategy deepspeed puts every weight in fp16, and "
-         "StyleGAN2 keeps its low resolutions in fp32: use bf16, or fp16 with --strategy ddp")
     if ds.deepspeed_config is not None:
         need(ds.strategy == "deepspeed", "--deepspeed-config", "needs --strategy deepspeed")
         need(os.path.isfile(ds.deepspeed_config), "--deepspeed-config",

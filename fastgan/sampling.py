@@ -31,10 +31,6 @@ def generate(G: nn.Module, z: torch.Tensor, chunk: int = 512,
     the RNG: evaluating never shifts the training's random streams (exact resume)."""
     was_training = G.training
     G.eval()
-    # in the weights' dtype: DeepSpeed's fp16 keeps G itself in fp16
-    dtype = next(G.parameters()).dtype
-    z = z.to(dtype)
-    c = c.to(dtype) if c is not None else None
     try:
         with torch.random.fork_rng(devices=[z.device] if z.device.type == "cuda" else []):
             return torch.cat([(G(z[i:i + chunk]) if c is None

@@ -26,22 +26,20 @@ def test_deepspeed_configs_per_network(tmp_path):
     f.write_text(json.dumps({"zero_optimization": {"stage": 2, "overlap_comm": False},
                              "G": {"gradient_clipping": 1.0},
                              "D": {"zero_optimization": {"stage": 0}}}))
-    cfgs = engines.deepspeed_configs(_opts(deepspeed_config=str(f), precision="fp16"), 4)
+    cfgs = engines.deepspeed_configs(_opts(deepspeed_config=str(f), precision="bf16"), 4)
     G, D = cfgs["G"], cfgs["D"]
     assert G["train_batch_size"] == D["train_batch_size"] == 8 * 2 * 4
     assert G["gradient_accumulation_steps"] == 2
     assert G["zero_optimization"] == {"stage": 2, "overlap_comm": False}
     assert D["zero_optimization"] == {"stage": 0, "overlap_comm": False}
     assert G["gradient_clipping"] == 1.0 and D["gradient_clipping"] == 0.0
-    assert G["fp16"]["enabled"] and G["fp16"] is not D["fp16"]  # one scaler each
-    assert G["fp16"]["auto_cast"]  # the engine casts its fp32 inputs to the fp16 weights
     assert "G" not in G and "D" not in D
     # bf16: the engine's forward under torch's autocast (a DeepSpeed engine turns an outer
     # CUDA autocast off), fp32 weights, and gradients reduced in fp32
-    bf16 = engines.deepspeed_configs(_opts(precision="bf16"), 2)["G"]
-    assert bf16["torch_autocast"] == {"enabled": True, "dtype": "bfloat16",
-                                      "lower_precision_safe_modules": []}
-    assert "bf16" not in bf16 and "fp16" not in bf16
+    assert G["torch_autocast"] == {"enabled": True, "dtype": "bfloat16",
+                                   "lower_precision_safe_modules": []}
+    assert G["torch_autocast"] is not D["torch_autocast"]
+    assert "bf16" not in G and "fp16" not in G
     assert "torch_autocast" not in engines.deepspeed_configs(_opts(precision="fp32"), 2)["G"]
 
 
@@ -84,8 +82,6 @@ def test_resolve_strategy():
     (["--strategy", "fsdp"], "--strategy: 'fsdp' is not one of auto, none, ddp, deepspeed"),
     (["--precision", "fp8"], "--precision: 'fp8' is not one of"),
     (["--grad-clip", "-1"], "--grad-clip: must be >= 0"),
-    (["--data", "builtin:shapes", "--arch", "stylegan2", "--strategy", "deepspeed",
-      "--precision", "fp16"], "--precision: fp16 under --strategy deepspeed puts every weight"),
 ])
 def test_bad_distribution_flags(tmp_path, args, message):
     from conftest import run_fastgan
@@ -233,3 +229,13 @@ def test_deepspeed_bf16_forward_runs_in_bf16_with_fp32_weights():
                    for p in D.parameters())
     finally:
         distributed.shutdown()
+
+
+def test_deepspeed_fp16_is_refused_in_one_line(tmp_path):
+    from conftest import run_fastgan
+
+    r = run_fastgan("train", "--data", "builtin:ring", "--steps", "1", "--strategy",
+                    "deepspeed", "--precision", "fp16", "--out", str(tmp_path / "r"))
+    assert r.returncode == 2, r.stderr
+    assert "--precision fp16: not supported under --strategy deepspeed" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

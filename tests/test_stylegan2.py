@@ -91,6 +91,36 @@ def test_resampling_filters():
     torch.testing.assert_close(sg.downsample2d(ones)[..., 1:-1, 1:-1], torch.ones(1, 2, 2, 2))
 
 
+def _lowpass(c, gain, dtype=torch.float64):
+    f = torch.tensor([1.0, 3.0, 3.0, 1.0], dtype=dtype)
+    f2 = torch.outer(f, f)
+    return (f2 * gain / f2.sum()).expand(c, 1, 4, 4)
+
+
+@pytest.mark.parametrize("pad, gain, stride", [(1, 1.0, 2), (2, 1.0, 2), (1, 4.0, 1),
+                                               (2, 1.0, 1)])
+def test_blur_is_the_depthwise_lowpass_convolution(pad, gain, stride):
+    """Both filters (the depthwise convolution CPUs run, the shifted adds GPUs run)
+    against the definition: a depthwise convolution with the [1, 3, 3, 1] outer product;
+    values, gradients and second-order gradients (R1)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 9, 8, dtype=torch.float64).to(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    ref = F.conv2d(F.pad(x, (pad,) * 4), _lowpass(5, gain), stride=stride, groups=5)
+    for blur in (sg.blur_conv, sg.blur_shifted):
+        torch.testing.assert_close(blur(x, pad=pad, gain=gain, stride=stride), ref)
+        torch.autograd.gradcheck(lambda t: blur(t, pad, gain, stride), (x[:1, :2],))
+        torch.autograd.gradgradcheck(lambda t: blur(t, pad, gain, stride), (x[:1, :2],))
+
+
+def test_upsample_is_the_transposed_lowpass_convolution():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    ref = F.conv_transpose2d(x, _lowpass(3, 4.0), stride=2, padding=1, groups=3)
+    torch.testing.assert_close(sg.upsample2d(x), ref)
+    torch.autograd.gradgradcheck(sg.upsample2d, (x[:1, :1],))
+
+
 def test_minibatch_std_matches_direct_computation():
     torch.manual_seed(0)
     x = torch.randn(8, 6, 4, 4)

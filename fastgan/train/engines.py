@@ -261,12 +261,7 @@ def deepspeed_configs(opts: EngineOptions, world: int) -> dict[str, dict]:
     # A DeepSpeed engine turns off any autocast around its forward unless its config
     # names one, so fastgan's own autocast (which covers the plain-module calls: D in the
     # G phase, R1) does not reach the forwards that run through the engines.
-    if opts.precision == "fp16":
-        # DeepSpeed's fp16: weights in fp16 and its own dynamic loss scaler, one per
-        # engine; auto_cast casts the float inputs of the engine's forward to fp16.
-        base["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16,
-                        "auto_cast": True}
-    elif opts.precision == "bf16":
+    if opts.precision == "bf16":
         # Weights, gradients and ZeRO partitions stay fp32; the engine's forward runs
         # under torch's bf16 autocast. No module is "lower-precision safe": gradients are
         # all-reduced in fp32 (DeepSpeed would otherwise reduce Linear/Conv ones in bf16).
@@ -319,13 +314,17 @@ def _deepspeed_engine(name: str, module: nn.Module, optimizer: torch.optim.Optim
                       opts: EngineOptions, dist: Dist):
     try:
         import deepspeed
-        from deepspeed.accelerator import get_accelerator
     except ImportError as e:
         raise UserError(f"--strategy deepspeed: cannot import deepspeed ({e})") from None
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    if opts.precision == "fp16" and not get_accelerator().is_fp16_supported():
-        raise UserError(f"--precision fp16: DeepSpeed does not support fp16 on "
-                        f"{get_accelerator().device_name()}; use bf16 or fp32")
+    if opts.precision == "fp16":
+        # DeepSpeed's fp16 turns the weights themselves to fp16, but not BatchNorm's
+        # running statistics (an H100 run failed: "Expected running_mean to have type
+        # Half"), and StyleGAN2 keeps its low resolutions in fp32: not supported.
+        raise UserError("--precision fp16: not supported under --strategy deepspeed "
+                        "(DeepSpeed's fp16 keeps the weights themselves in fp16, which "
+                        "fastgan's networks do not take); use bf16, or fp16 with "
+                        "--strategy ddp or none")
     # DeepSpeed reads these even for one process started without a launcher
     for key, value in (("LOCAL_RANK", dist.local_rank), ("RANK", dist.rank),
                        ("WORLD_SIZE", dist.world)):

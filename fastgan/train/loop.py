@@ -355,7 +355,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
                 if d.is_main:
                     save_samples(f"step-{step:08d}")
             if lp.ckpt_every and step % lp.ckpt_every == 0 and step != steps:
-                if nonfinite_streak:  # keep the good ones: no checkpoint mid-streak
+                # one dropped step is routine (its update is skipped); once they repeat,
+                # keep the good checkpoints from being pruned by doubtful ones
+                if nonfinite_streak >= 2:
                     log.warning("step %d: no checkpoint while losses are non-finite "
                                 "(%d step(s) in a row)", step, nonfinite_streak)
                 else:

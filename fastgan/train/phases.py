@@ -128,9 +128,7 @@ class GANStep:
         D = self.D
         # Under fp16 R1 runs in fp32: fp16's range is too narrow for the second
         # derivative of BatchNorm (NaN in the first layers' gradients even unscaled).
-        # DeepSpeed's fp16 keeps the weights themselves in fp16: there it cannot.
-        fp32_r1 = self.precision == "fp16" and not D.deepspeed
-        precision = "fp32" if fp32_r1 else self.precision
+        precision = "fp32" if self.precision == "fp16" else self.precision
         for i, (real, _, c) in enumerate(ctx["micro"]):
             real = real.detach().requires_grad_(True)
             with autocast(precision, self.device):
