@@ -4,8 +4,8 @@
 #            Triton-path training test, then `fastgan bench kernels`
 #   step     `fastgan bench step`: DCGAN 64 (batch 64) per precision, and StyleGAN2 256
 #            (batch 16, NVlabs' default at 256 on one GPU) in bf16 and fp16
-#   train    short `fastgan train` runs on the GPU (DCGAN, StyleGAN2, DeepSpeed fp16: the
-#            one precision DeepSpeed refuses on CPU) and `fastgan sample` from the result
+#   train    short `fastgan train` runs on the GPU (DCGAN, StyleGAN2, DeepSpeed with a
+#            resume) and `fastgan sample` from the result
 # Results go to $OUT (default ./gpu_check_out): summary.txt (the last thing printed) and
 # logs.tar.gz (every log and JSON). Each command has its own timeout; a failing stage
 # does not stop the next one, and the exit status says whether any failed.
@@ -62,14 +62,18 @@ step)
         run "step_sg2_256_$p" 150 python -m fastgan bench step --arch stylegan2 --res 256 \
             --batch 16 --precision $p --seconds 30 --json "$LOGS/step_sg2_256_$p.json"
     done
+    run stylegan2_probe 150 python launch/stylegan2_probe.py
     ;;
 train)
     export FASTGAN_CACHE="$PWD/.gpu-cache"
     run train_dcgan 150 python -m fastgan train --data builtin:shapes --steps 400 \
         --log-every 100 --ckpt-every 200 --out "$OUT/run_dcgan" --no-progress
     run sample 60 python -m fastgan sample "$OUT/run_dcgan" --device cuda --out "$LOGS/grid.png"
-    run train_deepspeed_fp16 150 python -m fastgan train --data builtin:shapes --steps 100 \
-        --log-every 50 --strategy deepspeed --precision fp16 --out "$OUT/run_ds" --no-progress
+    # DeepSpeed (bf16 through its torch_autocast), stopped at 60 steps and resumed to 100
+    run train_deepspeed 150 python -m fastgan train --data builtin:shapes --steps 60 \
+        --log-every 20 --strategy deepspeed --out "$OUT/run_ds" --no-progress
+    run train_deepspeed_resumed 150 python -m fastgan train --data builtin:shapes --steps 100 \
+        --log-every 20 --strategy deepspeed --out "$OUT/run_ds" --no-progress
     run train_sg2_32 150 python -m fastgan train --data builtin:shapes --arch stylegan2 \
         --width 32 --steps 200 --log-every 100 --out "$OUT/run_sg2" --no-progress
     if [ -f "$OUT/run_dcgan/metrics.jsonl" ]; then cp "$OUT/run_dcgan/metrics.jsonl" "$LOGS/dcgan_metrics.jsonl"; fi

@@ -225,5 +225,11 @@ def test_conditional_training_on_labelled_shards(tmp_path, cache_dir):
     gen = torch.load(run / "checkpoints" / "step-00000004" / "generator.pt", weights_only=True)
     assert gen["kwargs"]["c_dim"] == 16 and gen["ema"]
     assert any("embed" in k for k in gen["state_dict"])
+    # the EMA G (what sampling uses) and the trained G, both consolidated, in float32
+    assert gen["G_state_dict"].keys() == gen["state_dict"].keys()
+    assert any(not torch.equal(gen["G_state_dict"][k], v)
+               for k, v in gen["state_dict"].items() if v.is_floating_point())
+    assert all(v.dtype == torch.float32 for v in gen["state_dict"].values()
+               if v.is_floating_point())
     r = run_fastgan("sample", str(run), "--n", "8", "--out", str(tmp_path / "grid.png"))
     assert r.returncode == 0, r.stderr

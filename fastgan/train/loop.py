@@ -89,6 +89,9 @@ def _deterministic() -> None:
     and atomic-add algorithms differ run to run). CPU training is deterministic anyway."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
     torch.use_deterministic_algorithms(True)
+    # ...which also fills every torch.empty with NaN, a debugging aid: DeepSpeed's ZeRO
+    # takes 2 GB gradient buckets with torch.empty each step (20 s a run here)
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.benchmark = False
 
 
@@ -251,10 +254,11 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
             "points": batches.state_dict() if isinstance(batches, PointBatches) else None,
             "skips": gan_step.skip_counts(),
         }
-        gen = {**generator_meta, "step": step,  # fp32, whatever the training precision
-               "state_dict": {k: v.float() if v.is_floating_point() else v
-                              for k, v in G_eval.state_dict().items()},
-               "ema": ema is not None}
+        # what `fastgan sample` uses (the EMA G when there is one) and, with EMA, the
+        # trained G too; float32 whatever the training precision
+        gen = {**generator_meta, "step": step, "state_dict": _fp32(G_eval.state_dict()),
+               "ema": ema is not None, **({"G_state_dict": _fp32(G.state_dict())} if ema
+                                          else {})}
 
         def write_sharded(tmp: Path) -> None:
             for eng in (G_eng, D_eng):
@@ -405,6 +409,10 @@ def _check_resume(cfg: TrainConfig, state: dict, ckpt: Path, d: distributed.Dist
     if d.is_main and (blocking or harmless):
         print("fastgan: resuming with changed settings: " + "; ".join(blocking + harmless),
               file=sys.stderr)
+
+
+def _fp32(state: dict) -> dict:
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
