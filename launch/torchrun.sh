@@ -12,6 +12,12 @@
 #   --rdzv-id ID        RDZV_ID         job id, the same on every node (default fastgan)
 #   --max-restarts N    MAX_RESTARTS    restarts after a failed worker (default 3): the job
 #                                       restarts and resumes its newest complete checkpoint
+#   --rdzv-conf K=V,..  RDZV_CONF       torchrun's rendezvous options; is_host=1 on the node
+#                                       that serves the rendezvous, when torchrun cannot tell
+#                                       from the endpoint's name (an address its hostname
+#                                       does not resolve to)
+#   --local-addr A      LOCAL_ADDR      the address this node is reached at, when its
+#                                       hostname resolves to another (several networks)
 #
 # Every node runs the same command. Two nodes:
 #   node0$ launch/torchrun.sh --nnodes 2 --node-rank 0 --endpoint node0:29500 -- \
@@ -22,7 +28,8 @@
 set -euo pipefail
 nnodes=${NNODES:-1} node_rank=${NODE_RANK:-0} nproc=${NPROC_PER_NODE:-}
 endpoint=${RDZV_ENDPOINT:-${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-29500}}
-rdzv_id=${RDZV_ID:-fastgan} max_restarts=${MAX_RESTARTS:-3}
+rdzv_id=${RDZV_ID:-fastgan} max_restarts=${MAX_RESTARTS:-3} rdzv_conf=${RDZV_CONF:-}
+local_addr=${LOCAL_ADDR:-}
 while [ $# -gt 0 ]; do
   case $1 in
     --nnodes) nnodes=$2; shift 2 ;;
@@ -31,6 +38,8 @@ while [ $# -gt 0 ]; do
     --endpoint) endpoint=$2; shift 2 ;;
     --rdzv-id) rdzv_id=$2; shift 2 ;;
     --max-restarts) max_restarts=$2; shift 2 ;;
+    --rdzv-conf) rdzv_conf=$2; shift 2 ;;
+    --local-addr) local_addr=$2; shift 2 ;;
     --) shift; break ;;
     *) break ;;
   esac
@@ -41,5 +50,6 @@ fi
 exec torchrun \
   --nnodes "$nnodes" --node-rank "$node_rank" --nproc-per-node "$nproc" \
   --rdzv-backend c10d --rdzv-endpoint "$endpoint" --rdzv-id "$rdzv_id" \
-  --max-restarts "$max_restarts" \
+  --max-restarts "$max_restarts" ${rdzv_conf:+--rdzv-conf "$rdzv_conf"} \
+  ${local_addr:+--local-addr "$local_addr"} \
   -m fastgan train "$@"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -111,3 +112,49 @@ def test_slurm_script_two_nodes_preempted_then_requeued(tmp_path):
     assert f"resuming from runs/ring-mlp-fastgan-4242/checkpoints/step-{step:08d}" in \
         (tmp_path / "job2.log").read_text()
     assert complete_steps(run)[-1] == 1000
+
+
+@pytest.fixture
+def two_namespaces():
+    """Two network namespaces joined by a veth pair: 10.99.N.1 and 10.99.N.2, each node
+    with its own address, as two hosts on a network (needs root and `ip netns`)."""
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("network namespaces need root and iproute2")
+    tag = os.getpid() % 200
+    ns, veth = [f"fg{tag}n{i}" for i in (0, 1)], [f"fg{tag}v{i}" for i in (0, 1)]
+    addrs = [f"10.99.{tag}.{i + 1}" for i in (0, 1)]
+    setup = [["ip", "netns", "add", ns[0]], ["ip", "netns", "add", ns[1]],
+             ["ip", "link", "add", veth[0], "type", "veth", "peer", "name", veth[1]]]
+    for i in (0, 1):
+        setup += [["ip", "link", "set", veth[i], "netns", ns[i]],
+                  ["ip", "-n", ns[i], "addr", "add", f"{addrs[i]}/24", "dev", veth[i]],
+                  ["ip", "-n", ns[i], "link", "set", veth[i], "up"],
+                  ["ip", "-n", ns[i], "link", "set", "lo", "up"]]
+    try:
+        for cmd in setup:
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode:
+                pytest.skip(f"cannot make network namespaces here: {r.stderr.strip()}")
+        yield ns, veth, addrs
+    finally:
+        for name in ns:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.mark.slow
+def test_torchrun_script_two_nodes_in_two_network_namespaces(tmp_path, two_namespaces):
+    """Each node in its own network namespace with its own address: the rendezvous,
+    the store and gloo go over the (virtual) network between them."""
+    ns, veth, addrs = two_namespaces
+    port = free_port()
+    env = _python_env(tmp_path)
+    cmds = [["ip", "netns", "exec", ns[i], "env", f"GLOO_SOCKET_IFNAME={veth[i]}",
+             "bash", f"{REPO}/launch/torchrun.sh", "--nnodes", "2", "--nproc", "1",
+             "--endpoint", f"{addrs[0]}:{port}", "--rdzv-id", "netns",
+             "--local-addr", addrs[i], *(["--rdzv-conf", "is_host=1"] if i == 0 else []),
+             "--", *RING, "--steps", "50", "--out", "run"] for i in range(2)]
+    logs = _two_nodes(cmds, tmp_path, env)
+    assert "over 2 rank(s), ddp" in "".join(logs)
+    assert complete_steps(tmp_path / "run") == [50]
