@@ -5,6 +5,7 @@ resume. All with real processes, real gloo groups and real checkpoint files."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -61,7 +62,7 @@ def test_exact_resume_two_ranks(tmp_path, cache_dir, strategy):
 
     def launch(a):
         return subprocess.run(torchrun(a), capture_output=True, text=True, timeout=300,
-                              env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
 
     diff = _resumed_equals_straight(tmp_path, launch, args, 4)
     if strategy == "ddp":
@@ -79,7 +80,7 @@ def test_sigterm_on_one_rank_stops_every_rank_with_a_checkpoint(tmp_path):
                      job)
     wait_for(lambda: (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size,
              120, "training", job)
-    ranks[1] and __import__("os").kill(ranks[1], signal.SIGTERM)  # rank 1 alone
+    os.kill(ranks[1], signal.SIGTERM)  # rank 1 alone
     assert job.wait(120) == 0
     log = (tmp_path / "log").read_text()
     assert "stopped by SIGTERM on rank 1 at step" in log, log
@@ -117,7 +118,7 @@ def test_killed_rank_restarts_and_resumes_under_max_restarts(tmp_path):
     wait_for(lambda: len(complete_steps(run)) >= 2, 120, "two checkpoints", job)
     ranks = workers(job.pid)
     killed_at = complete_steps(run)[-1]
-    __import__("os").kill(ranks[1], signal.SIGKILL)
+    os.kill(ranks[1], signal.SIGKILL)
     assert job.wait(240) == 0
     log = (tmp_path / "log").read_text()
     assert "torchrun restart 1" in log, log
@@ -183,8 +184,6 @@ def test_a_stuck_peer_ends_the_run_with_an_error(tmp_path):
     ranks = wait_for(lambda: (w := workers(job.pid)) and len(w) == 2 and w, 60, "2 ranks",
                      job)
     wait_for(lambda: "img_s" in (tmp_path / "log").read_text(), 120, "training", job)
-    import os
-
     os.kill(ranks[1], signal.SIGSTOP)
     t0 = time.monotonic()
     try:

@@ -130,10 +130,22 @@ def find_generator(path: str | os.PathLike) -> Path:
 def load_generator(path: str | os.PathLike) -> dict:
     """The generator payload: {'arch', 'kwargs', 'state_dict', 'kind', 'step', ...}."""
     f = find_generator(path)
-    try:
-        payload = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: name it, do not crash
-        raise UserError(f"{f}: not a readable fastgan generator checkpoint ({e})") from None
+    payload = _load(f, "not a readable fastgan generator checkpoint")
     if not isinstance(payload, dict) or "arch" not in payload or "state_dict" not in payload:
         raise UserError(f"{f}: not a fastgan generator checkpoint")
     return payload
+
+
+def load_state(ckpt: str | os.PathLike) -> dict:
+    """The training state (``state.pt``) of a complete checkpoint."""
+    return _load(Path(ckpt) / STATE, "not a readable fastgan training state (--resume)")
+
+
+def _load(f: Path, what: str):
+    """``torch.load`` that never runs code from the file (``weights_only``) and names the
+    file when it is truncated, foreign or tampered with."""
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's own message can run to many lines: the first
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{f}: {what} ({first})") from None

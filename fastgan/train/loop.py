@@ -134,7 +134,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
     # The checkpoint to continue: rank 0 looks, every rank reads it (checkpoints live on
     # a filesystem that every node sees, as DeepSpeed's partitions need anyway).
     ckpt = _on_main(lambda: resume.find(run_dir, cfg.run.resume), d)
-    state = resume.load(ckpt) if ckpt else None
+    state = checkpoint.load_state(ckpt) if ckpt else None
     if state is not None:
         _check_resume(cfg, state, ckpt, d, strategy, precision)
     start_step = state["step"] if state else 0
@@ -289,7 +289,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
     start = last_t = time.perf_counter()
     last_step = start_step
     record: dict = {}
-    nonfinite_streak, nonfinite_seen = 0, gan_step.skip_counts()[0]
+    nonfinite_streak, nonfinite_seen = 0, gan_step.nonfinite_skips
     stopped_by = None
     final_grid = None
     try:
@@ -310,8 +310,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
                 scheduler.step()
             bar.update(1)
             # The ranks drop non-finite micro-batches together, so they count alike.
-            dropped, nonfinite_seen = gan_step.skip_counts()[0] - nonfinite_seen, \
-                gan_step.skip_counts()[0]
+            dropped = gan_step.nonfinite_skips > nonfinite_seen
+            nonfinite_seen = gan_step.nonfinite_skips
             nonfinite_streak = nonfinite_streak + 1 if dropped else 0
             if nonfinite_streak >= cfg.run.max_nonfinite:
                 done = checkpoint.complete(run_dir)

@@ -71,14 +71,6 @@ def find(run_dir: Path, resume: str) -> Path | None:
     return done[-1]
 
 
-def load(ckpt: Path) -> dict:
-    """The training state of a checkpoint, never running code from it."""
-    try:
-        return torch.load(ckpt / checkpoint.STATE, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, foreign or tampered with: name it
-        raise UserError(f"--resume: {ckpt / checkpoint.STATE} cannot be read ({e})") from None
-
-
 def differences(saved: dict, current: dict, saved_world: int, world: int, *,
                 strategy: str) -> tuple[list[str], list[str]]:
     """(blocking, harmless) differences between a checkpoint's config and this run's,
