@@ -130,7 +130,7 @@ def find_generator(path: str | os.PathLike) -> Path:
 def load_generator(path: str | os.PathLike) -> dict:
     """The generator payload: {'arch', 'kwargs', 'state_dict', 'kind', 'step', ...}."""
     f = find_generator(path)
-    payload = _load(f, "not a readable fastgan generator checkpoint")
+    payload = safe_load(f, "not a readable fastgan generator checkpoint")
     if not isinstance(payload, dict) or "arch" not in payload or "state_dict" not in payload:
         raise UserError(f"{f}: not a fastgan generator checkpoint")
     return payload
@@ -138,10 +138,10 @@ def load_generator(path: str | os.PathLike) -> dict:
 
 def load_state(ckpt: str | os.PathLike) -> dict:
     """The training state (``state.pt``) of a complete checkpoint."""
-    return _load(Path(ckpt) / STATE, "not a readable fastgan training state (--resume)")
+    return safe_load(Path(ckpt) / STATE, "not a readable fastgan training state (--resume)")
 
 
-def _load(f: Path, what: str):
+def safe_load(f: Path, what: str):
     """``torch.load`` that never runs code from the file (``weights_only``) and names the
     file when it is truncated, foreign or tampered with."""
     try:
