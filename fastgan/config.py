@@ -97,6 +97,8 @@ class RunConfig:
                          "network)", choices=("auto", "fp32", "bf16", "fp16"))
     device: str = opt("auto", "device (auto: cuda:LOCAL_RANK when available, else cpu)")
     progress: bool = opt(True, "show a progress bar on rank 0")
+    tensorboard: bool = opt(False, "also write TensorBoard scalars and sample grids to "
+                            "RUN_DIR/tensorboard (needs the tensorboard package)")
     resume: str = opt("auto", "auto: continue the newest complete checkpoint of --out, or "
                       "start afresh when there is none; none: refuse a run directory that "
                       "holds a run; or a checkpoint (or run) directory to continue",
@@ -297,8 +299,7 @@ def resolve(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     if d.workers is None:
         d.workers = 1 if (os.cpu_count() or 1) <= 4 else 4
     if d.cache_dir is None:
-        d.cache_dir = os.environ.get("FASTGAN_CACHE") or os.path.join(
-            os.path.expanduser("~"), ".cache", "fastgan")
+        d.cache_dir = default_cache_dir()
     lp = cfg.loop
     if lp.metric_samples is None:
         lp.metric_samples = 2500 if points else 2048
@@ -312,6 +313,11 @@ def resolve(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
             run_id if run_id not in ("", "none") else time.strftime('%Y%m%d-%H%M%S')))
     validate(cfg, points)
     return cfg
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("FASTGAN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                           "fastgan")
 
 
 def validate(cfg: TrainConfig, points: bool) -> None:

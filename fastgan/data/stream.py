@@ -402,6 +402,44 @@ class _SlotReader:
         }
 
 
+class OnePass(torch.utils.data.IterableDataset):
+    """Every image of a shard set exactly once, split over ranks and DataLoader workers,
+    in batches of up to ``batch`` uint8 ``N x 3 x H x W`` images (a reader's last batch
+    may be short: no padding, no shuffling). What statistics of the real data need
+    (``fastgan eval``): the training stream pads and draws, this one counts.
+
+    The split is the exact mode's (one contiguous range of samples per rank and worker).
+    ``limit`` keeps the first ``limit`` samples in the shards' order.
+    Bad samples and shards are skipped and counted as in training; each reader ends with
+    a ``{"skips": (samples, shards, 0)}`` record.
+    """
+
+    def __init__(self, shards: ShardSet, res: int, *, rank: int, world: int, workers: int,
+                 batch: int, limit: int | None = None):
+        super().__init__()
+        if shards.counts is None:
+            raise UserError("--data: statistics of the real images need the sample count "
+                            "of every shard: a manifest.json (`fastgan shards` writes one) "
+                            "or local shards")
+        counts, left = [], limit if limit is not None else sum(shards.counts)
+        for c in shards.counts:
+            counts.append(min(c, left))
+            left -= counts[-1]
+        self.shards = ShardSet(shards.urls, counts, shards.resolution, shards.labels)
+        self.total = sum(counts)
+        self.res, self.rank, self.seed = res, rank, 0
+        self.plan = Plan("exact", world, workers, batch, 0)
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        slot = self.rank * self.plan.readers + (0 if info is None else info.id)
+        reader = _SlotReader(self, slot)
+        items = reader._decoded(reader._exact_shards(0), endless=False)
+        while chunk := list(itertools.islice(items, self.plan.batch)):
+            yield torch.from_numpy(np.stack([c[0] for c in chunk])).permute(0, 3, 1, 2)
+        yield {"skips": reader.skips.as_tuple()}
+
+
 class _Counted:
     """An iterator that counts what it hands out (the slot's position, for resume)."""
 

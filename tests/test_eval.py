@@ -1,0 +1,81 @@
+"""``fastgan eval``: FID/KID/modes of a checkpoint, real statistics cached, and the same
+numbers from one process or two ranks under torchrun."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_fastgan
+
+
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("eval") / "run"
+    r = run_fastgan("train", "--steps", "2", "--width", "8", "--batch", "16", "--out",
+                    str(out), "--cache-dir", cache_dir, "--no-progress", "--workers", "0")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def _result(r) -> dict:
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+ARGS = ["--features", "randconv", "--num-gen", "80", "--num-real", "200", "--batch", "32",
+        "--metrics", "fid,kid,modes", "--workers", "0"]
+
+
+def test_eval_reports_and_caches_real_statistics(shapes_run, cache_dir, tmp_path):
+    stats = tmp_path / "stats"
+    first = _result(run_fastgan("eval", str(shapes_run), *ARGS, "--cache-dir", str(stats),
+                                "--json", str(tmp_path / "e.json")))
+    assert first["data"] == "builtin:shapes" and first["num_real"] == 200
+    assert first["features"] == "randconv-v1" and first["fid_randconv"] > 0
+    assert first["kid_randconv_std"] >= 0 and first["modes_total"] == 16
+    assert json.loads((tmp_path / "e.json").read_text()) == first
+    # the embedded data were built under the fixture's cache; the statistics go to stats/
+    (cached,) = (stats / "fid-stats").iterdir()
+    assert cached.suffix == ".npz"
+    again = run_fastgan("eval", str(shapes_run), *ARGS, "--cache-dir", str(stats))
+    assert "real statistics from" in again.stderr
+    second = _result(again)
+    assert second["fid_randconv"] == first["fid_randconv"]
+    assert second["kid_randconv"] == first["kid_randconv"]
+
+
+@pytest.mark.slow
+def test_two_ranks_give_the_numbers_of_one(shapes_run, tmp_path):
+    one = _result(run_fastgan("eval", str(shapes_run), *ARGS, "--cache-dir",
+                              str(tmp_path / "a")))
+    # 3 blocks of 32 latents (the last of 16) dealt to 2 ranks; real images split too
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc-per-node=2", "-m", "fastgan", "eval", str(shapes_run), *ARGS,
+           "--cache-dir", str(tmp_path / "b")]
+    two = _result(subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                                 env={**os.environ, "OMP_NUM_THREADS": "1"}))
+    assert two["num_real"] == one["num_real"] == 200
+    assert two["fid_randconv"] == pytest.approx(one["fid_randconv"], rel=1e-6)
+    assert two["kid_randconv"] == pytest.approx(one["kid_randconv"], rel=1e-5)
+    for k in ("modes_covered", "recognisable"):
+        assert two[k] == one[k]
+
+
+def test_eval_errors_are_one_line(shapes_run, tmp_path, monkeypatch):
+    monkeypatch.delenv("FASTGAN_INCEPTION", raising=False)
+    r = run_fastgan("eval", str(shapes_run), "--num-gen", "8", "--cache-dir", str(tmp_path))
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "pytorch-fid/releases/download/fid_weights" in r.stderr
+    for args, culprit in ((["--metrics", "fid,iss"], "--metrics: unknown iss"),
+                          (["--num-gen", "1"], "--num-gen"),
+                          (["--data", str(tmp_path / "none")], "no such file"),
+                          (["--generator", "both"], "--generator")):
+        r = run_fastgan("eval", str(shapes_run), "--features", "randconv", *args)
+        assert r.returncode == 2 and culprit in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = run_fastgan("eval", str(tmp_path / "missing"), "--features", "randconv")
+    assert r.returncode == 2 and "missing" in r.stderr
