@@ -89,6 +89,7 @@ class Engine:
         self.overflow_skips = 0  # steps a loss scaler (ours or DeepSpeed's) skipped
         self._good = 0           # micro-batches back-propagated in the current step
         self._manual_sync = False
+        self.grad_norm: torch.Tensor | None = None  # see step(measure=True)
         if opts.strategy == "ddp":
             ids = [dist.device.index] if dist.device.type == "cuda" else None
             self.wrapped = DistributedDataParallel(module, device_ids=ids,
@@ -147,10 +148,16 @@ class Engine:
             # the all-reduce would have come with this micro-batch's backward
             self._manual_sync = True
 
-    def step(self) -> bool:
-        """The optimizer step closing the current micro-batches; False when skipped."""
+    def step(self, *, measure: bool = False) -> bool:
+        """The optimizer step closing the current micro-batches; False when skipped.
+
+        ``measure``: leave the norm of the gradients it applies (unscaled; for the
+        health monitor) in ``self.grad_norm``, a device tensor (no wait for the device),
+        or None when nothing was applied or DeepSpeed does not report one.
+        """
         good, manual = self._good, self._manual_sync
         self._good, self._manual_sync = 0, False
+        self.grad_norm = None
         if self.deepspeed:
             if not good and self.accum == 1:
                 return False  # nothing reached the engine: nothing to undo
@@ -162,12 +169,18 @@ class Engine:
             if self.wrapped.skipped_steps > before:
                 self.overflow_skips += 1
                 return False
+            if measure and good:  # ZeRO computes it on every step
+                norm = self.wrapped.get_global_grad_norm()
+                if norm is not None:
+                    self.grad_norm = torch.as_tensor(float(norm), device=self.dist.device)
             return bool(good)
         if not good:
             self.optimizer.zero_grad(set_to_none=True)
             return False
         if manual:
             all_reduce_grads(self.module, self.dist)
+        if measure:
+            self.grad_norm = self._grad_norm()
         applied = True
         if self.scaler is not None:
             if self.opts.grad_clip > 0:
@@ -185,6 +198,16 @@ class Engine:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return applied
+
+    def _grad_norm(self) -> torch.Tensor | None:
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        if not grads:
+            return None
+        norm = torch.linalg.vector_norm(torch.stack(
+            [n.float() for n in torch._foreach_norm(grads)]))
+        if self.scaler is not None:  # the gradients are still scaled (no sync to read it)
+            norm = norm / self.scaler._get_scale_async()
+        return norm
 
     # ------------------------------------------------------------- checkpoints
 

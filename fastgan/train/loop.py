@@ -36,7 +36,9 @@ from ..data import builtin
 from ..data.sources import resolve_data
 from ..data.stream import BatchStream, ImageBatches, PointBatches, make_plan
 from ..errors import UserError
+from ..metrics import health
 from . import checkpoint, distributed, engines, resume
+from .board import Board
 from .build import build_gan
 from .ema import EMA
 from .precision import resolve_precision
@@ -51,23 +53,27 @@ SKIP_NAMES = ("skipped_nonfinite", "skipped_overflow_G", "skipped_overflow_D")
 
 
 class ModeScorer:
-    """Mode metrics of G on a fixed z: the shapes oracle, or PacGAN's 2-D metrics."""
+    """G's samples from a fixed z at each record: their mode metrics (the shapes
+    oracle, or PacGAN's 2-D metrics) on the embedded datasets, and their diversity
+    (health.py) on any data."""
 
     def __init__(self, dataset: str | None, n: int, z_dim: int, seed: int, device,
                  c_dim: int = 0):
         self.dataset = dataset
+        n = n if dataset is not None else health.REFERENCE
         g = torch.Generator().manual_seed(seed + 1)
         self.z = torch.randn(n, z_dim, generator=g).to(device)
         self.c = sampling.class_cycle(n, c_dim, device)  # a conditional G: every class
 
-    def __call__(self, G) -> dict:
-        if self.dataset is None:
-            return {}
+    def __call__(self, G, diversity: health.Diversity) -> dict:
         out = sampling.generate(G, self.z, c=self.c)
+        scores = diversity(out)
         if self.dataset in builtin.POINT_SETS:
-            return builtin.POINT_SETS[self.dataset]().metrics(out.numpy())
-        modes = builtin.classify_shapes(sampling.to_uint8(out))
-        return builtin.shape_mode_metrics(modes)
+            scores.update(builtin.POINT_SETS[self.dataset]().metrics(out.numpy()))
+        elif self.dataset is not None:
+            modes = builtin.classify_shapes(sampling.to_uint8(out))
+            scores.update(builtin.shape_mode_metrics(modes))
+        return scores
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -216,6 +222,13 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
             resume.set_rng_state(state["rng"][d.rank], device)
 
     scorer = ModeScorer(spec.builtin, lp.metric_samples, m.z_dim, cfg.run.seed, device, c_dim)
+    diversity = health.Diversity(images=spec.kind == "images", device=device)
+    monitor = health.HealthMonitor(warmup_steps=int(health.WARMUP_SHARE * steps))
+    if d.is_main and state is not None:  # what the monitor saw before the checkpoint
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+            if line.strip():
+                monitor(json.loads(line))
+    board = Board(run_dir, d.is_main) if cfg.run.tensorboard else None
     grid_z = torch.randn(GRID_SAMPLES if spec.kind == "images" else lp.metric_samples,
                          m.z_dim, generator=torch.Generator().manual_seed(cfg.run.seed + 2)
                          ).to(device)
@@ -295,6 +308,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
     try:
         for step in range(start_step + 1, steps + 1):
             real = next(batches).to(device, non_blocking=True)
+            if d.is_main and diversity.real_spread is None:
+                diversity.see_real(real)
             if spec.kind == "images":
                 real = real.float().div_(127.5).sub_(1.0)
             z = torch.randn(lp.batch, m.z_dim, device=device, generator=z_stream)
@@ -341,15 +356,22 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
                     record = {
                         "step": step,
                         "kimg": round(step * lp.batch / 1000, 3),
-                        **{k: round(v, 5) for k, v in zip(names, stats)},
+                        **{k: float(f"{v:.6g}") for k, v in zip(names, stats)},
                         "img_s": round((step - last_step) * lp.batch / (now - last_t), 1),
                         "elapsed_s": round(now - start, 2),
                         **data_stats,
                         **dict(zip(SKIP_NAMES, gan_step.skip_counts())),
-                        **scorer(G_eval),
+                        **scorer(G_eval, diversity),
                     }
+                    record["health"], started, cleared = monitor(record)
+                    for w in started:
+                        log.warning("step %d: %s", step, monitor.message(w, record))
+                    for w in cleared:
+                        log.info("step %d: health: %s cleared", step, health.ADVICE[w])
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
+                    if board is not None:
+                        board.record(record)
                     bar.set_postfix_str(_postfix(record), refresh=False)
                     if not cfg.run.progress:
                         print(json.dumps(record), file=sys.stderr)
@@ -357,7 +379,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
             if lp.sample_every and step % lp.sample_every == 0:
                 engines.sync_buffers(G_eval, d)
                 if d.is_main:
-                    save_samples(f"step-{step:08d}")
+                    path = save_samples(f"step-{step:08d}")
+                    if board is not None:
+                        board.samples(path, step)
             if lp.ckpt_every and step % lp.ckpt_every == 0 and step != steps:
                 # one dropped step is routine (its update is skipped); once they repeat,
                 # keep the good checkpoints from being pruned by doubtful ones
@@ -369,17 +393,22 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
         else:
             engines.sync_buffers(G_eval, d)
             final_grid = save_samples("final") if d.is_main else None
+            if board is not None and not (lp.sample_every and steps % lp.sample_every == 0):
+                board.samples(final_grid, steps)  # unless the last grid was just logged
             final_ckpt = save_checkpoint(steps)
     finally:
         bar.close()
         if metrics_file is not None:
             metrics_file.close()
+        if board is not None:
+            board.close()
     distributed.barrier(d)
     elapsed = time.perf_counter() - start
     trained = (step if stopped_by else steps) - start_step
     summary = {"run_dir": str(run_dir), "steps": steps, "resumed_from": start_step,
                "elapsed_s": round(elapsed, 1), "img_s": round(trained * lp.batch / elapsed, 1),
-               "final": record, "samples": str(final_grid), "checkpoint": str(final_ckpt)}
+               "final": record, "samples": str(final_grid), "checkpoint": str(final_ckpt),
+               "health": dict(monitor.seen)}
     if stopped_by:
         summary["stopped"] = {"by": stopped_by, "step": step}
         if d.is_main:
@@ -438,6 +467,8 @@ def _postfix(r: dict) -> str:
              f"D(x) {r['D(x)']:.2f}", f"D(G(z)) {r['D(G(z))']:.2f}"]
     if "modes_covered" in r:
         parts.append(f"modes {r['modes_covered']}/{r['modes_total']}")
+    if r.get("health"):
+        parts.append("WARNING " + ",".join(r["health"]))
     return ", ".join(parts)
 
 
@@ -459,6 +490,10 @@ def _print_summary(s: dict) -> None:
     if r.get("data_skipped_samples") or r.get("data_skipped_shards"):
         lines.append(f"  data: skipped {r['data_skipped_samples']} bad sample(s) and "
                      f"{r['data_skipped_shards']} failed shard read(s) (see the warnings)")
+    if s.get("health"):
+        lines.append("  health: " + "; ".join(
+            f"{health.ADVICE[w]} in {n} record(s)" for w, n in s["health"].items())
+            + " (see the warnings and the README's 'Training health')")
     if "modes_covered" in r:
         line = f"  modes: {r['modes_covered']}/{r['modes_total']} covered"
         if "recognisable" in r:

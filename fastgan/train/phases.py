@@ -19,7 +19,7 @@ without a graph and the G phase runs G again on the same z: the same numbers, le
 Every loss is checked before its backward, on every rank together: a NaN or Inf
 anywhere drops that micro-batch on all ranks (see engines.py), counted and logged.
 
-Statistics (losses, D(x), D(G(z))) accumulate on the device and are read only when the
+Statistics (losses, D(x), D(G(z)), both gradient norms) accumulate on the device and are read only when the
 loop logs; the finiteness check is the one wait for the device per phase.
 """
 
@@ -38,7 +38,8 @@ from .precision import autocast
 
 log = logging.getLogger("fastgan")
 
-STAT_NAMES = ("loss_D", "loss_G", "D(x)", "D(G(z))", "r1")
+STAT_NAMES = ("loss_D", "loss_G", "D(x)", "D(G(z))", "r1", "grad_G", "grad_D")
+NORMS = 5  # index of the first gradient norm in STAT_NAMES
 
 
 def _call(net, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
@@ -69,6 +70,8 @@ class GANStep:
         self.phases.append(Phase("G main", 1, self.g_main))
         self.stat_sum = torch.zeros(len(STAT_NAMES), device=self.device)
         self.stat_count = [0] * len(STAT_NAMES)  # known on the host: no sync to read
+        # steps whose gradient norm was finite (an fp16 overflow's is not): on the device
+        self.finite_norms = torch.zeros(len(STAT_NAMES) - NORMS, device=self.device)
         self.nonfinite_skips = 0  # micro-batches dropped on every rank for a NaN/Inf loss
         self.step_index = 0
 
@@ -122,7 +125,8 @@ class GANStep:
                     self._record((0, 2, 3), (loss.detach(), d_real, d_fake))
                 else:
                     D.drop(i)
-        D.step()
+        D.step(measure=True)
+        self._record_norm(6, D)
 
     def d_reg(self, ctx: dict) -> None:
         D = self.D
@@ -158,13 +162,24 @@ class GANStep:
                         self._record((1,), (loss.detach(),))
                     else:
                         G.drop(i)
-            G.step()
+            G.step(measure=True)
+            self._record_norm(5, G)
         finally:
             D.requires_grad_(True)
 
     def _record(self, idx: tuple[int, ...], values: tuple[torch.Tensor, ...]) -> None:
         for k, v in zip(idx, values):
             self.stat_sum[k] += v.float()
+            self.stat_count[k] += 1
+
+    def _record_norm(self, k: int, engine: Engine) -> None:
+        """The phase's gradient norm; left out when not finite (a dropped or fp16
+        overflow step), since one inf would make the whole record's mean inf."""
+        if engine.grad_norm is not None:
+            norm = engine.grad_norm.float()
+            finite = torch.isfinite(norm)
+            self.stat_sum[k] += torch.where(finite, norm, 0.0)
+            self.finite_norms[k - NORMS] += finite
             self.stat_count[k] += 1
 
     def skip_counts(self) -> list[int]:
@@ -180,9 +195,10 @@ class GANStep:
         """
         names = [n for n, c in zip(STAT_NAMES, self.stat_count) if c]
         idx = [i for i, c in enumerate(self.stat_count) if c]
-        count = torch.tensor([self.stat_count[i] for i in idx], dtype=torch.float32,
-                             device=self.device)
-        means = self.stat_sum[idx] / count
+        count = torch.tensor(self.stat_count, dtype=torch.float32, device=self.device)
+        count[NORMS:] = self.finite_norms.clamp(min=1)
+        means = self.stat_sum[idx] / count[idx]
         self.stat_sum = torch.zeros_like(self.stat_sum)
         self.stat_count = [0] * len(STAT_NAMES)
+        self.finite_norms = torch.zeros_like(self.finite_norms)
         return names, means
