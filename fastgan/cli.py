@@ -97,9 +97,67 @@ def shard_options(args: argparse.Namespace):
                         labels=args.labels)
 
 
+def _eval_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("eval", help="FID, KID and mode metrics of a checkpoint",
+                       description="Evaluate a generator (a run directory, a checkpoint "
+                       "directory or a generator.pt) against real data; under torchrun "
+                       "every rank generates and reads its share. Prints one JSON line.")
+    p.add_argument("ckpt", metavar="CKPT")
+    p.add_argument("--data", help="real data, as for train (default: the run's dataset)")
+    p.add_argument("--metrics", default="fid,kid",
+                   help="comma-separated: fid, kid, modes (embedded datasets) "
+                   "(default: fid,kid)")
+    p.add_argument("--features", default="inception",
+                   help="inception (the FID network; weights from --inception), randconv "
+                   "(self-contained random-conv features: FIDs comparable between runs, "
+                   "not with papers), or module:function (default: inception)")
+    p.add_argument("--inception", help="the FID Inception weights, "
+                   "pt_inception-2015-12-05-6726825d.pth (default: $FASTGAN_INCEPTION)")
+    p.add_argument("--num-gen", default="50000", help="generated samples (default: 50000)")
+    p.add_argument("--num-real", help="real images (default: all; points: 50000 draws)")
+    p.add_argument("--batch", default="64", help="batch per rank (default: 64)")
+    p.add_argument("--seed", default="0", help="seed of the latents (default: 0)")
+    p.add_argument("--generator", default="ema", help="ema (default; the trained G when "
+                   "the run had no EMA) or trained")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--workers", default="1", help="loader processes per rank (default: 1)")
+    p.add_argument("--cache-dir", help="where real statistics are cached (default: "
+                   "$FASTGAN_CACHE or ~/.cache/fastgan)")
+    p.add_argument("--json", help="also write the result to this file")
+    return p
+
+
+def eval_options(args: argparse.Namespace):
+    from .metrics.evaluate import EvalOptions, parse_metrics
+
+    if args.generator not in ("ema", "trained"):
+        raise UserError(f"--generator: expected ema or trained, got {args.generator!r}")
+    if args.device != "auto" and args.device != "cpu" and not args.device.startswith("cuda"):
+        raise UserError(f"--device: must be auto, cpu or cuda[:N], got {args.device!r}")
+    return EvalOptions(
+        ckpt=args.ckpt, data=args.data, metrics=parse_metrics(args.metrics),
+        features=args.features, inception=args.inception,
+        num_gen=_int_flag(args.num_gen, "--num-gen", 2),
+        num_real=None if args.num_real is None else _int_flag(args.num_real, "--num-real", 2),
+        batch=_int_flag(args.batch, "--batch", 1), seed=_int_flag(args.seed, "--seed", 0),
+        device=args.device, workers=_int_flag(args.workers, "--workers", 0),
+        cache_dir=args.cache_dir or C.default_cache_dir(),
+        use_ema=args.generator == "ema", json_path=args.json)
+
+
+def _report_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("report", help="a PNG of a run's curves, health and samples",
+                       description="Draw the loss curves, D(x) and D(G(z)), the health "
+                       "signals and the latest sample grid of a run directory into one PNG.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", help="output PNG (default: RUN_DIR/report.png)")
+    return p
+
+
 def _bench_parser(sub) -> argparse.ArgumentParser:
     from .bench import data as bench_data
     from .bench import kernels as bench_kernels
+    from .bench import modes as bench_modes
     from .bench import step as bench_step
 
     p = sub.add_parser("bench", help="measure throughput against baselines",
@@ -110,6 +168,7 @@ def _bench_parser(sub) -> argparse.ArgumentParser:
     bench_data.main_args(kinds)
     bench_kernels.main_args(kinds)
     bench_step.main_args(kinds)
+    bench_modes.main_args(kinds)
     return p
 
 
@@ -120,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _sample_parser(sub)
     _shards_parser(sub)
+    _eval_parser(sub)
+    _report_parser(sub)
     _bench_parser(sub)
     return parser
 
@@ -171,8 +232,20 @@ def main(argv: list[str] | None = None) -> int:
             manifest = make_shards(args.src, args.out_dir, shard_options(args),
                                    progress=args.progress)
             print(summary_line(manifest, args.out_dir), file=sys.stderr)
+        elif args.command == "eval":
+            from .metrics.evaluate import evaluate
+
+            evaluate(eval_options(args))
+        elif args.command == "report":
+            from .report import report
+
+            print(report(args.run_dir, args.out))
         elif args.command == "bench":
-            if args.bench == "data":
+            if args.bench == "modes":
+                from .bench import modes as bench_modes
+
+                bench_modes.run(bench_modes.from_args(args))
+            elif args.bench == "data":
                 from .bench import data as bench_data
 
                 bench_data.run(bench_data.from_args(args))

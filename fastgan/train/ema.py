@@ -20,16 +20,21 @@ import torch
 from torch import nn
 
 
+def ema_beta(half_life_kimg: float, rampup: float, images_seen: int, batch: int) -> float:
+    """How much of the average a step keeps: half of it per half-life of images."""
+    half_life = half_life_kimg * 1000
+    if rampup > 0:
+        half_life = min(half_life, images_seen * rampup)
+    return 0.5 ** (batch / max(half_life, 1e-8))
+
+
 class EMA:
     def __init__(self, G: nn.Module, half_life_kimg: float, rampup: float):
         self.module = copy.deepcopy(G).float().eval().requires_grad_(False)
         self.half_life_kimg, self.rampup = half_life_kimg, rampup
 
     def beta(self, images_seen: int, batch: int) -> float:
-        half_life = self.half_life_kimg * 1000
-        if self.rampup > 0:
-            half_life = min(half_life, images_seen * self.rampup)
-        return 0.5 ** (batch / max(half_life, 1e-8))
+        return ema_beta(self.half_life_kimg, self.rampup, images_seen, batch)
 
     @torch.no_grad()
     def update(self, G: nn.Module, images_seen: int, batch: int) -> None:
