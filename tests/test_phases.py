@@ -42,7 +42,8 @@ def test_phases_and_intervals():
     for i in range(1, 4):
         step(real, _z(), i)
     names, means = step.take_stats()
-    assert names == ["loss_D", "loss_G", "D(x)", "D(G(z))", "r1"]
+    assert names == ["loss_D", "loss_G", "D(x)", "D(G(z))", "r1", "grad_G", "grad_D"]
+    assert (means[5:] > 0).all()  # gradient norms of the G and D main phases
     assert torch.isfinite(means).all()
     step(real, _z(), 4)  # no R1 at step 4: its statistic is absent, not NaN
     assert "r1" not in step.take_stats()[0]

@@ -81,20 +81,31 @@ def _stats_key(spec, res: int, num_real: int | None, extractor: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def real_stats(spec, res: int, ext, opts: EvalOptions, d: distributed.Dist) -> FeatureStats:
-    """Statistics of the real images: from the cache, or read by every rank's share."""
+def _cached(cache: Path) -> FeatureStats | None:
+    if not cache.exists():
+        return None
+    try:
+        with np.load(cache, allow_pickle=False) as f:
+            stats = FeatureStats.from_arrays(f)
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("ignoring unreadable cached statistics %s (%s)", cache, e)
+        return None
+    log.info("real statistics from %s (%d images)", cache, stats.n)
+    return stats
+
+
+def real_stats(spec, res: int, ext, opts: EvalOptions,
+               d: distributed.Dist) -> FeatureStats | None:
+    """Statistics of the real images on rank 0 (None elsewhere): from the cache, or read
+    by every rank's share. Rank 0 alone looks in the cache and tells the others, which
+    may not see the same filesystem."""
     ident = feature_extractors.identity(ext)
     label = spec.builtin or Path(spec.shards.urls[0]).parent.name or "data"
-    cache = Path(opts.cache_dir) / "fid-stats" / f"{label}-r{res}-{_stats_key(spec, res, opts.num_real, ident)}.npz"
-    if cache.exists():
-        try:
-            with np.load(cache, allow_pickle=False) as f:
-                stats = FeatureStats.from_arrays(f)
-            if d.is_main:
-                log.info("real statistics from %s (%d images)", cache, stats.n)
-            return stats
-        except (OSError, ValueError, KeyError) as e:
-            log.warning("ignoring unreadable cached statistics %s (%s)", cache, e)
+    key = _stats_key(spec, res, opts.num_real, ident)
+    cache = Path(opts.cache_dir) / "fid-stats" / f"{label}-r{res}-{key}.npz"
+    stats = _cached(cache) if d.is_main else None
+    if distributed.all_gather_object(stats is not None, d)[0]:
+        return stats
     ds = OnePass(spec.shards, res, rank=d.rank, world=d.world, workers=opts.workers,
                  batch=opts.batch, limit=opts.num_real)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=opts.workers)
