@@ -27,8 +27,8 @@ def test_each_member_tracks_fastgan_train(tmp_path, extra):
             setattr(cfg.optim, key, v)
             explicit.add(key)
         train(resolve(cfg, explicit))
-        gen = torch.load(tmp_path / f"run{seed}" / "checkpoints" / f"step-{steps:08d}"
-                         / "generator.pt", weights_only=True)
+        ckpt = tmp_path / f"run{seed}" / "checkpoints" / f"step-{steps:08d}"
+        gen = torch.load(ckpt / "generator.pt", weights_only=True)
         member = ens.member_state(k)
         for name, value in gen["state_dict"].items():
             # batched matrix products round differently: close, not bitwise
