@@ -40,10 +40,14 @@ def generate(G: nn.Module, z: torch.Tensor, chunk: int = 512,
         G.train(was_training)
 
 
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float N x C x H x W -> uint8 N x C x H x W, as real images are stored."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[-1, 1] float N x C x H x W -> uint8 N x H x W x C."""
-    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().numpy()
+    return quantize(images).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2,

@@ -41,6 +41,8 @@ from collections import deque
 
 import torch
 
+from ..sampling import quantize
+
 WARMUP, WARMUP_SHARE = 2, 0.05
 COLLAPSE_DIVERSITY, COLLAPSE_RECORDS, MODES_RECORDS = 0.4, 2, 3
 SATURATED, SATURATED_RECORDS, VANISHED = 0.05, 3, 1e-3
@@ -85,7 +87,7 @@ class Diversity:
 
             self._features = RandConv().to(self.device).eval()
         if x.dtype != torch.uint8:  # generated: [-1, 1] floats, quantised as real ones are
-            x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            x = quantize(x)
         return self._features(x.to(self.device)).cpu()
 
     def see_real(self, batch: torch.Tensor) -> None:
