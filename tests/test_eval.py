@@ -70,6 +70,10 @@ def test_eval_errors_are_one_line(shapes_run, tmp_path, monkeypatch):
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1
     assert "pytorch-fid/releases/download/fid_weights" in r.stderr
+    # mode metrics alone need no feature extractor, hence no Inception weights
+    modes = _result(run_fastgan("eval", str(shapes_run), "--metrics", "modes", "--num-gen",
+                                "64", "--cache-dir", str(tmp_path)))
+    assert modes["modes_total"] == 16 and "fid" not in modes
     for args, culprit in ((["--metrics", "fid,iss"], "--metrics: unknown iss"),
                           (["--num-gen", "1"], "--num-gen"),
                           (["--data", str(tmp_path / "none")], "no such file"),

@@ -145,10 +145,12 @@ def _point_stats(name: str, n: int, seed: int) -> FeatureStats:
 def generated(G, payload: dict, ext, opts: EvalOptions, d: distributed.Dist,
               points: bool, mode_samples: int):
     """Statistics of ``num_gen`` generated samples, every rank its blocks; and the
-    first ``mode_samples`` samples' outputs for the mode metrics (rank 0)."""
-    n, b = opts.num_gen, opts.batch
+    first ``mode_samples`` samples' outputs for the mode metrics (rank 0). Without an
+    extractor (``ext`` None: no FID/KID asked) only those first samples are made."""
+    b = opts.batch
+    n = opts.num_gen if ext is not None or points else min(opts.num_gen, mode_samples)
     blocks = range(d.rank, -(-n // b), d.world)
-    stats = FeatureStats(ext.dim if not points else 2)
+    stats = FeatureStats(2 if points else ext.dim if ext is not None else 1)
     kept: dict[int, np.ndarray] = {}  # block -> features, for KID's first KID_REAL
     heads: dict[int, np.ndarray] = {}  # block -> outputs, for the mode metrics
     c_dim = payload["kwargs"].get("c_dim", 0)
@@ -158,11 +160,14 @@ def generated(G, payload: dict, ext, opts: EvalOptions, d: distributed.Dist,
         c = sampling.class_cycle(size, c_dim, d.device)
         out = sampling.generate(G, z, chunk=b, c=c)
         if points:
-            feats, raw = out.numpy().astype(np.float64), out.numpy()
+            raw = feats = out.numpy()
         else:
-            images = sampling.to_uint8(out)  # quantised, as real images are
-            raw = images
-            feats = ext(torch.from_numpy(images).permute(0, 3, 1, 2).to(d.device)).cpu().numpy()
+            raw = sampling.to_uint8(out)  # quantised, as real images are
+            feats = None if ext is None else ext(
+                torch.from_numpy(raw).permute(0, 3, 1, 2).to(d.device)).cpu().numpy()
+        if feats is None:
+            heads[k] = raw
+            continue
         stats.add(feats)
         if k * b < KID_REAL:
             kept[k] = feats.astype(np.float32)
@@ -203,11 +208,9 @@ def _evaluate(opts: EvalOptions, d: distributed.Dist) -> dict:
     G.load_state_dict(state)
     G.to(d.device).eval()
     points = payload["kind"] == "points"
-    data = opts.data or (f"builtin:{payload['dataset']}"
-                         if payload["dataset"] in builtin.BUILTIN_NAMES else None)
-    if data is None:
-        data = payload["dataset"]  # the path the run trained on
-    opts.data = data
+    trained_on = payload["dataset"]  # an embedded name, or the --data the run was given
+    data = opts.data = opts.data or (f"builtin:{trained_on}"
+                                     if trained_on in builtin.BUILTIN_NAMES else trained_on)
     res = payload["kwargs"].get("res")
     spec = resolve_data(data, res or 32, opts.cache_dir)
     if (spec.kind == "points") != points:
@@ -217,20 +220,19 @@ def _evaluate(opts: EvalOptions, d: distributed.Dist) -> dict:
     if "modes" in wanted and spec.builtin is None:
         raise UserError("--metrics modes: mode metrics exist for the embedded datasets "
                         "(builtin:shapes, ring, grid) only")
-    ext = None if points else feature_extractors.build(opts.features, device=d.device,
-                                                      inception=opts.inception)
-    suffix = "" if points or opts.features == "inception" else f"_{getattr(ext, 'name', 'x')}"
-    mode_samples = (builtin.POINT_METRIC_SAMPLES if points else 2048) if "modes" in wanted else 0
     need_stats = bool(wanted & {"fid", "kid"})
+    ext = None if points or not need_stats else feature_extractors.build(
+        opts.features, device=d.device, inception=opts.inception)
+    suffix = "" if ext is None or opts.features == "inception" else f"_{ext.name}"
+    mode_samples = (builtin.POINT_METRIC_SAMPLES if points else 2048) if "modes" in wanted else 0
     real = None
     if need_stats:
         real = (_point_stats(spec.builtin, opts.num_real or 50_000, opts.seed) if points
                 else real_stats(spec, res, ext, opts, d))
-    fake, fake_feats, head = generated(G, payload, ext, opts, d, points,
-                                       mode_samples if "modes" in wanted else 0)
+    fake, fake_feats, head = generated(G, payload, ext, opts, d, points, mode_samples)
     result = {"ckpt": str(opts.ckpt), "step": payload.get("step"), "data": data,
               "generator": "ema" if payload.get("ema") and opts.use_ema else "trained",
-              "features": "points" if points else feature_extractors.identity(ext),
+              "features": "points" if points else (ext and feature_extractors.identity(ext)),
               "num_gen": opts.num_gen, "num_real": real.n if real else None}
     if d.is_main:
         if "fid" in wanted:
