@@ -1,7 +1,9 @@
+import numpy as np
 import pytest
 import torch
 
 from fastgan import models
+from fastgan.data import builtin
 
 
 @pytest.mark.parametrize("res", [8, 16, 32, 64])
@@ -43,3 +45,21 @@ def test_mlp_packing():
     pts = G(torch.randn(8, 2))
     assert pts.shape == (8, 2)
     assert D(pts).shape == (2, 1)  # 8 samples in packs of 4
+
+
+def test_mlp_works_in_unit_variance_coordinates():
+    # the grid's coordinates reach 4: G's output is scaled up, D's input down, by the RMS
+    grid = builtin.grid_set()
+    assert grid.scale == pytest.approx(np.sqrt(8 + 0.05 ** 2))
+    assert builtin.ring_set().scale == pytest.approx(np.sqrt(0.5 + 0.01 ** 2))
+    pts = grid.sample(20000, np.random.default_rng(0))
+    assert np.sqrt((pts ** 2).mean()) == pytest.approx(grid.scale, rel=0.02)
+    gk, dk = models.model_kwargs("mlp", res=None, z_dim=4, width=8, pack=2, scale=grid.scale)
+    torch.manual_seed(0)
+    G, D = models.build_generator("mlp", gk), models.build_discriminator("mlp", dk)
+    torch.manual_seed(0)
+    G1 = models.build_generator("mlp", {**gk, "scale": 1.0})
+    D1 = models.build_discriminator("mlp", {**dk, "scale": 1.0})
+    z, x = torch.randn(6, 4), torch.from_numpy(pts[:6])
+    torch.testing.assert_close(G(z), G1(z) * grid.scale)
+    torch.testing.assert_close(D(x), D1(x / grid.scale))

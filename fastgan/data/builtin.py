@@ -243,6 +243,13 @@ class PointSet:
     means: np.ndarray  # M x 2
     std: float
 
+    @property
+    def scale(self) -> float:
+        """The root-mean-square coordinate: the networks see points divided by it, as
+        images are mapped to [-1, 1], so one recipe suits the ring (0.71) and the grid
+        (2.83) alike."""
+        return float(math.sqrt((self.means ** 2).mean() + self.std ** 2))
+
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         idx = rng.integers(0, len(self.means), size=n)
         return (self.means[idx] + rng.normal(0.0, self.std, size=(n, 2))).astype(np.float32)

@@ -18,8 +18,9 @@ ARCHS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
 
 
 def model_kwargs(arch: str, *, res: int | None, z_dim: int, width: int, pack: int = 1,
-                 c_dim: int = 0):
-    """Constructor arguments of (G, D) for ``arch``; saved with G so it can be rebuilt."""
+                 c_dim: int = 0, scale: float = 1.0):
+    """Constructor arguments of (G, D) for ``arch``; saved with G so it can be rebuilt.
+    ``scale``: the 2-D data's coordinate scale (``PointSet.scale``; mlp only)."""
     if arch == "dcgan":
         return dict(res=res, z_dim=z_dim, width=width), dict(res=res, width=width)
     if arch == "stylegan2":
@@ -30,8 +31,8 @@ def model_kwargs(arch: str, *, res: int | None, z_dim: int, width: int, pack: in
                      c_dim=c_dim),
                 dict(res=res, channel_base=base, channel_max=cmax, c_dim=c_dim))
     if arch == "mlp":
-        # D is half as wide as G, as in PacGAN's 2-D models (400 and 200 units).
-        return dict(z_dim=z_dim, width=width), dict(width=max(1, width // 2), pack=pack)
+        return (dict(z_dim=z_dim, width=width, scale=scale),
+                dict(width=width, pack=pack, scale=scale))
     raise ValueError(f"unknown arch {arch!r}")
 
 

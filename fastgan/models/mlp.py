@@ -5,6 +5,11 @@ but without it samples gathered more tightly into the modes in our runs. The
 discriminator is a plain LeakyReLU MLP. ``pack`` > 1 makes the discriminator judge
 ``pack`` samples at once (PacGAN): it sees their concatenation, which lets it notice a
 lack of diversity and so counters mode collapse.
+
+``scale`` is the data's root-mean-square coordinate (``PointSet.scale``): G's output is
+multiplied by it and D's input divided by it, so both networks work in unit-variance
+coordinates, as image models work in [-1, 1]. Without it the grid (coordinates up to 4)
+learned more slowly and less tightly (fewer samples within 3 std of a mode).
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ from .layers import LinearAct
 
 class MLPGenerator(nn.Module):
     def __init__(self, z_dim: int = 16, width: int = 400, depth: int = 4, out_dim: int = 2,
-                 batchnorm: bool = False):
+                 batchnorm: bool = False, scale: float = 1.0):
         super().__init__()
-        self.z_dim = z_dim
+        self.z_dim, self.scale = z_dim, scale
         layers: list[nn.Module] = []
         d = z_dim
         for _ in range(depth):
@@ -32,13 +37,15 @@ class MLPGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+        out = self.net(z)
+        return out * self.scale if self.scale != 1.0 else out
 
 
 class MLPDiscriminator(nn.Module):
-    def __init__(self, in_dim: int = 2, width: int = 200, depth: int = 3, pack: int = 1):
+    def __init__(self, in_dim: int = 2, width: int = 200, depth: int = 3, pack: int = 1,
+                 scale: float = 1.0):
         super().__init__()
-        self.pack = pack
+        self.pack, self.scale = pack, scale
         layers: list[nn.Module] = []
         d = in_dim * pack
         for _ in range(depth):
@@ -49,4 +56,6 @@ class MLPDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # [N, 2] -> [N / pack, 2 * pack]: each row is one packed group of samples.
+        if self.scale != 1.0:
+            x = x / self.scale
         return self.net(x.reshape(x.shape[0] // self.pack, -1))
