@@ -48,8 +48,8 @@ class ModelConfig:
     z_dim: int | None = opt(None, "latent size (default: 100 for dcgan, 512 for stylegan2, "
                             "16 for mlp)")
     width: int | None = opt(None, "channels at full resolution (dcgan, default 64; stylegan2, "
-                            "default 16384 / res up to 512) or hidden units of G (mlp, "
-                            "default 400)")
+                            "default 16384 / res up to 512) or hidden units of G and D (mlp, "
+                            "default 128)")
     pack: int = opt(1, "PacGAN packing: D judges this many samples at once (mlp)")
     cond: bool = opt(False, "condition G and D on the shards' class labels (stylegan2; the "
                      "manifest must name the classes, as `fastgan shards` writes them)")
@@ -234,16 +234,19 @@ def load_toml(path: str) -> dict:
 # * shapes: DCGAN at width 32 (3x the images/s of width 64) with lr 1e-3, kept stable by
 #   lazy R1 (gamma 10 every 4 steps). Plain DCGAN at 2e-4 learned 3x slower here and,
 #   around 150 kimg, fell into "D wins" collapse (D(x) -> 1, D(G(z)) -> 0).
-# * ring/grid: PacGAN's batch of 100 with packing 2, a 16-d latent and lr 1e-3 decaying
-#   linearly to zero over the second half (the decay is what pulls the samples into
-#   the 3-std discs; without it they stay smeared along the ring).
+# * ring/grid: PacGAN's batch of 100 with packing 2, a 16-d latent, MLPs of 128 units
+#   working in unit-variance coordinates, and lr 1e-3 decaying linearly to zero over the
+#   second half (the decay is what pulls the samples into the 3-std discs; without it
+#   they stay smeared). Length decides quality here (BENCHMARKS.md, "2-D mode
+#   benchmark"): the grid's 25 modes need 40,000 steps, the ring 28,000. PacGAN's
+#   4x400 generator cost 4x as much per step and, at equal time, did worse.
 PRESETS: dict[str, dict] = {
     "shapes": dict(res=32, arch="dcgan", width=32, batch=64, kimg=400.0, log_every=500,
                    sample_every=1000, ckpt_every=2000, lr_g=1e-3, lr_d=1e-3, r1_gamma=10.0,
                    r1_interval=4),
-    "ring": dict(arch="mlp", batch=100, kimg=1400.0, log_every=1000, sample_every=5000,
+    "ring": dict(arch="mlp", batch=100, kimg=2800.0, log_every=1000, sample_every=5000,
                  ckpt_every=5000, pack=2, lr_g=1e-3, lr_d=1e-3, lr_decay=0.5),
-    "grid": dict(arch="mlp", batch=100, kimg=1400.0, log_every=1000, sample_every=5000,
+    "grid": dict(arch="mlp", batch=100, kimg=4000.0, log_every=1000, sample_every=5000,
                  ckpt_every=5000, pack=2, lr_g=1e-3, lr_d=1e-3, lr_decay=0.5),
 }
 # StyleGAN2's recipe (NVlabs' config F / StyleGAN2-ADA's auto config): Adam 0.0025 with
@@ -293,7 +296,7 @@ def resolve(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     if cfg.optim.ema_kimg is None:
         cfg.optim.ema_kimg = 10.0 if m.arch == "stylegan2" else 0.0
     if m.width is None:
-        m.width = {"mlp": 400, "stylegan2": min(16384 // (cfg.data.res or 256), 512)}.get(
+        m.width = {"mlp": 128, "stylegan2": min(16384 // (cfg.data.res or 256), 512)}.get(
             m.arch, 64)
     d = cfg.data
     if d.workers is None:
