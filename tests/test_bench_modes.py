@@ -37,14 +37,21 @@ def test_each_member_tracks_fastgan_train(tmp_path, extra):
 
 def test_bench_modes_cli_prints_the_table(tmp_path):
     out = tmp_path / "m.json"
-    r = run_fastgan("bench", "modes", "--seeds", "2", "--steps", "30", "--datasets", "ring",
+    # 7 seeds: chunks of 5 and 2 per variant, merged back into one row each, in seed order
+    r = run_fastgan("bench", "modes", "--seeds", "7", "--steps", "30", "--datasets", "ring",
                     "--variants", "default,pacgan-gan", "--json", str(out))
     assert r.returncode == 0, r.stderr
     assert "PacGAN GAN" in r.stdout and "fastgan default" in r.stdout
+    assert "4 process(es)" in r.stderr
     rows = json.loads(out.read_text())
     assert [(x["variant"], x["dataset"]) for x in rows] == [("default", "ring"),
                                                            ("pacgan-gan", "ring")]
     assert rows[1]["config"]["pack"] == 1 and rows[0]["config"]["pack"] == 2
-    assert all(len(x["modes"]) == 2 for x in rows)
+    assert all(x["seeds"] == 7 and len(x["modes"]) == 7 for x in rows)
+    # the chunk of seeds 5 and 6 is the same training as those seeds alone
+    alone = modes.train_members("ring", "default", [5, 6], steps=30)
+    assert [m["modes_covered"] for m in alone["metrics"]] == rows[0]["modes"][5:]
+    assert [round(100 * m["high_quality"], 2) for m in alone["metrics"]] == \
+        rows[0]["high_quality"][5:]
     r = run_fastgan("bench", "modes", "--variants", "wgan")
     assert r.returncode == 2 and "--variants: unknown wgan" in r.stderr
