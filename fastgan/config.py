@@ -51,6 +51,10 @@ class ModelConfig:
                             "default 16384 / res up to 512) or hidden units of G and D (mlp, "
                             "default 128)")
     pack: int = opt(1, "PacGAN packing: D judges this many samples at once (mlp)")
+    latent_modes: int | None = opt(None, "G's latent is a mixture of this many Gaussians, "
+                                   "so that G can jump between disconnected modes (mlp; "
+                                   "default 100 for mlp; 0: one Gaussian, as the image "
+                                   "architectures have)")
     cond: bool = opt(False, "condition G and D on the shards' class labels (stylegan2; the "
                      "manifest must name the classes, as `fastgan shards` writes them)")
 
@@ -291,6 +295,8 @@ def resolve(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
         m.arch = "mlp" if points else "dcgan"
     if m.z_dim is None:
         m.z_dim = {"mlp": 16, "stylegan2": 512}.get(m.arch, 100)
+    if m.latent_modes is None:
+        m.latent_modes = 100 if m.arch == "mlp" else 0
     if cfg.optim.r1_gamma is None:  # StyleGAN2-ADA's heuristic
         cfg.optim.r1_gamma = 0.0002 * (cfg.data.res or 32) ** 2 / cfg.loop.batch
     if cfg.optim.ema_kimg is None:
@@ -345,6 +351,9 @@ def validate(cfg: TrainConfig, points: bool) -> None:
     need(m.z_dim >= 1, "--z-dim", f"must be >= 1, got {m.z_dim}")
     need(m.width >= 1, "--width", f"must be >= 1, got {m.width}")
     need(m.pack >= 1, "--pack", f"must be >= 1, got {m.pack}")
+    need(m.latent_modes >= 0, "--latent-modes", f"must be >= 0, got {m.latent_modes}")
+    need(m.latent_modes == 0 or m.arch == "mlp", "--latent-modes",
+         f"a mixture latent is built into the mlp generator only, not {m.arch}; use 0")
     need(not m.cond or m.arch == "stylegan2", "--cond", f"needs --arch stylegan2, not {m.arch}")
     for flag, v in (("--lr-g", o.lr_g), ("--lr-d", o.lr_d)):
         need(0 < v < 1, flag, f"must be in (0, 1), got {v}")

@@ -14,7 +14,8 @@ def test_dry_run_prints_resolved_config(tmp_path):
     assert cfg["run"]["precision"] == "auto"
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
     ring = json.loads(run_fastgan("train", "--dry-run", "--data", "builtin:ring").stdout)
-    assert ring["model"]["arch"] == "mlp"
+    assert ring["model"]["arch"] == "mlp" and ring["model"]["latent_modes"] == 100
+    assert cfg["model"]["latent_modes"] == 0
 
 
 def test_toml_config_with_flag_override(tmp_path):
@@ -36,6 +37,8 @@ def test_toml_config_with_flag_override(tmp_path):
     (["--arch", "resnet"], "--arch"),
     (["--arch", "mlp"], "--arch"),
     (["--data", "builtin:ring", "--arch", "dcgan"], "--arch"),
+    (["--latent-modes", "10"], "--latent-modes"),  # shapes: dcgan has no mixture latent
+    (["--data", "builtin:grid", "--latent-modes", "-1"], "--latent-modes"),
     (["--data", "builtin:nothing"], "builtin:nothing"),
     (["--data", "/no/such/dir"], "/no/such/dir"),
     (["--precision", "fp8"], "--precision"),

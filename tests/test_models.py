@@ -63,3 +63,41 @@ def test_mlp_works_in_unit_variance_coordinates():
     z, x = torch.randn(6, 4), torch.from_numpy(pts[:6])
     torch.testing.assert_close(G(z), G1(z) * grid.scale)
     torch.testing.assert_close(D(x), D1(x / grid.scale))
+
+
+def test_latent_mixture_splits_z_into_a_uniform_component_and_a_normal():
+    torch.manual_seed(0)
+    mix = models.mlp.LatentMixture(z_dim=3, modes=10, spread=0.1)
+    z = torch.randn(200_000, 3)
+    out = mix(z)
+    # every output lies near exactly one centre, and which one is uniform over the ten
+    dist = torch.cdist(out, mix.centres)
+    nearest = dist.argmin(dim=1)
+    assert dist.min(dim=1).values.max() < 0.1 * 6
+    share = torch.bincount(nearest, minlength=10).float() / len(z)
+    assert (share - 0.1).abs().max() < 0.005
+    # about its centre, each component is N(0, spread^2 I) in every coordinate, the one
+    # that picked the component too (the inverse CDF of the remainder)
+    noise = (out - mix.centres[nearest]) / 0.1
+    torch.testing.assert_close(noise.mean(0), torch.zeros(3), atol=0.01, rtol=0)
+    torch.testing.assert_close(noise.std(0), torch.ones(3), atol=0.01, rtol=0)
+    first = noise[nearest == 3, 0]
+    assert abs(first.mean()) < 0.03 and abs(first.std() - 1) < 0.03
+    # the same z, the same component: a deterministic function of z
+    torch.testing.assert_close(mix(z[:5]), out[:5])
+
+
+def test_mlp_generator_carries_its_latent_mixture():
+    gk, _ = models.model_kwargs("mlp", res=None, z_dim=4, width=8, latent_modes=7)
+    torch.manual_seed(1)
+    G = models.build_generator("mlp", gk)
+    assert G.state_dict()["latent.centres"].shape == (7, 4)
+    torch.manual_seed(2)  # other centres and weights, until the state dict is loaded
+    G2 = models.build_generator("mlp", gk)
+    z = torch.randn(16, 4)
+    assert not torch.allclose(G(z), G2(z))
+    G2.load_state_dict(G.state_dict())
+    torch.testing.assert_close(G2(z), G(z))
+    # without a mixture G sees z itself
+    plain = models.build_generator("mlp", {**gk, "latent_modes": 0})
+    assert plain.latent is None and "latent.centres" not in plain.state_dict()

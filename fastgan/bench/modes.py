@@ -96,21 +96,24 @@ class Ensemble:
         self.cfg, self.seeds, self.points = cfg, seeds, builtin.POINT_SETS[name]()
         self.steps = total_steps(cfg)
         g_kw, d_kw = models.model_kwargs("mlp", res=None, z_dim=m.z_dim, width=m.width,
-                                         pack=m.pack, scale=self.points.scale)
+                                         pack=m.pack, scale=self.points.scale,
+                                         latent_modes=m.latent_modes)
         Gs, Ds = [], []
         for s in seeds:  # as build_gan: the seed, then G, then D
             torch.manual_seed(s)
             Gs.append(models.build_generator("mlp", g_kw))
             Ds.append(models.build_discriminator("mlp", d_kw))
+        g_params, g_buffers = stack_module_state(Gs)
         self.g_params = {k: v.to(self.device).detach().requires_grad_(True)
-                         for k, v in stack_module_state(Gs)[0].items()}
+                         for k, v in g_params.items()}
+        self.g_buffers = {k: v.to(self.device) for k, v in g_buffers.items()}  # the latent's
         self.d_params = {k: v.to(self.device).detach().requires_grad_(True)
                          for k, v in stack_module_state(Ds)[0].items()}
         # the EMA generator, as fastgan train keeps it (ema.py): what is evaluated
         self.ema = ({k: v.detach().clone() for k, v in self.g_params.items()}
                     if o.ema_kimg > 0 else None)
         g_base, d_base = copy.deepcopy(Gs[0]).to("meta"), copy.deepcopy(Ds[0]).to("meta")
-        self.G = vmap(lambda p, z: functional_call(g_base, p, (z,)))
+        self.G = vmap(lambda p, b, z: functional_call(g_base, (p, b), (z,)))
         self.D = vmap(lambda p, x: functional_call(d_base, p, (x,)))
         betas = (o.beta1, o.beta2)
         self.opt_G = torch.optim.Adam(self.g_params.values(), lr=o.lr_g, betas=betas,
@@ -129,7 +132,7 @@ class Ensemble:
         real = torch.stack([next(d) for d in self.data]).to(self.device)
         z = torch.stack([torch.randn(self.batch, self.z_dim, generator=g)
                          for g in self.z_streams]).to(self.device)
-        fake = self.G(self.g_params, z)
+        fake = self.G(self.g_params, self.g_buffers, z)
         # D main: the members' losses are independent, so their sum's gradient is each
         # member's own gradient. Real and fake go through D in one call (packs never
         # straddle the two halves: the batch is a multiple of the pack): the same
@@ -163,11 +166,13 @@ class Ensemble:
         z = torch.stack([torch.randn(n, self.z_dim,
                                      generator=torch.Generator().manual_seed(s + 1))
                          for s in self.seeds]).to(self.device)
-        return self.G(self.ema or self.g_params, z).cpu().numpy()
+        return self.G(self.ema or self.g_params, self.g_buffers, z).cpu().numpy()
 
     def member_state(self, k: int) -> dict:
-        """Member k's generator weights (the EMA's when there is one), as a state dict."""
-        return {name: p[k].detach().cpu() for name, p in (self.ema or self.g_params).items()}
+        """Member k's generator weights (the EMA's when there is one) and buffers, as a
+        state dict."""
+        return {name: p[k].detach().cpu()
+                for name, p in {**(self.ema or self.g_params), **self.g_buffers}.items()}
 
 
 def _bce_mean(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -187,8 +192,8 @@ def train_members(dataset: str, variant: str, seeds: list[int], steps: int | Non
             "metrics": [ens.points.metrics(p) for p in pts],
             "config": {k: v for k, v in {**cfg.model.__dict__, **cfg.optim.__dict__,
                                           "batch": cfg.loop.batch}.items()
-                       if k in ("pack", "z_dim", "width", "lr_g", "lr_d", "beta1",
-                                "beta2", "lr_decay", "ema_kimg", "batch")},
+                       if k in ("pack", "z_dim", "latent_modes", "width", "lr_g", "lr_d",
+                                "beta1", "beta2", "lr_decay", "ema_kimg", "batch")},
             "seconds": time.perf_counter() - start}
 
 

@@ -18,9 +18,10 @@ ARCHS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
 
 
 def model_kwargs(arch: str, *, res: int | None, z_dim: int, width: int, pack: int = 1,
-                 c_dim: int = 0, scale: float = 1.0):
+                 c_dim: int = 0, scale: float = 1.0, latent_modes: int = 0):
     """Constructor arguments of (G, D) for ``arch``; saved with G so it can be rebuilt.
-    ``scale``: the 2-D data's coordinate scale (``PointSet.scale``; mlp only)."""
+    ``scale``: the 2-D data's coordinate scale (``PointSet.scale``); ``latent_modes``:
+    components of G's latent mixture (both mlp only)."""
     if arch == "dcgan":
         return dict(res=res, z_dim=z_dim, width=width), dict(res=res, width=width)
     if arch == "stylegan2":
@@ -31,7 +32,7 @@ def model_kwargs(arch: str, *, res: int | None, z_dim: int, width: int, pack: in
                      c_dim=c_dim),
                 dict(res=res, channel_base=base, channel_max=cmax, c_dim=c_dim))
     if arch == "mlp":
-        return (dict(z_dim=z_dim, width=width, scale=scale),
+        return (dict(z_dim=z_dim, width=width, scale=scale, latent_modes=latent_modes),
                 dict(width=width, pack=pack, scale=scale))
     raise ValueError(f"unknown arch {arch!r}")
 

@@ -20,11 +20,39 @@ from torch import nn
 from .layers import LinearAct
 
 
+class LatentMixture(nn.Module):
+    """Standard normal z in, a sample of a mixture of ``modes`` Gaussians out.
+
+    The latent everywhere else stays N(0, I) (the training stream, ``fastgan sample``,
+    evaluation): the mixture is G's first layer. z's first coordinate picks the
+    component: its normal CDF is uniform on (0, 1), so ``modes`` times it splits into a
+    uniform component index and a uniform remainder, which the inverse CDF turns back
+    into a standard normal independent of the index. The centres are drawn at
+    construction (N(0, I), from the seeded global RNG, as the weights are) and kept as a
+    buffer, so ``generator.pt`` carries them; ``spread`` is each component's std, small
+    beside the centres' distances (about 5.7 apart in 16 dimensions).
+    """
+
+    def __init__(self, z_dim: int, modes: int, spread: float = 0.25):
+        super().__init__()
+        self.modes, self.spread = modes, spread
+        self.register_buffer("centres", torch.randn(modes, z_dim))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        u = torch.special.ndtr(z[:, :1].float()) * self.modes
+        k = u.floor().clamp(0, self.modes - 1)
+        first = torch.special.ndtri((u - k).clamp(1e-6, 1 - 1e-6)).to(z.dtype)
+        # a comparison, not one_hot or indexing: torch.func.vmap batches it (bench modes)
+        onehot = (k == torch.arange(self.modes, device=z.device)).to(z.dtype)
+        return onehot @ self.centres + self.spread * torch.cat([first, z[:, 1:]], dim=1)
+
+
 class MLPGenerator(nn.Module):
     def __init__(self, z_dim: int = 16, width: int = 400, depth: int = 4, out_dim: int = 2,
-                 batchnorm: bool = False, scale: float = 1.0):
+                 batchnorm: bool = False, scale: float = 1.0, latent_modes: int = 0):
         super().__init__()
         self.z_dim, self.scale = z_dim, scale
+        self.latent = LatentMixture(z_dim, latent_modes) if latent_modes > 0 else None
         layers: list[nn.Module] = []
         d = z_dim
         for _ in range(depth):
@@ -37,7 +65,7 @@ class MLPGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        out = self.net(z)
+        out = self.net(self.latent(z) if self.latent is not None else z)
         return out * self.scale if self.scale != 1.0 else out
 
 

@@ -173,7 +173,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
     scale = builtin.POINT_SETS[spec.builtin]().scale if spec.kind == "points" else 1.0
     g_kwargs, d_kwargs = models.model_kwargs(m.arch, res=cfg.data.res, z_dim=m.z_dim,
                                              width=m.width, pack=m.pack, c_dim=c_dim,
-                                             scale=scale)
+                                             scale=scale, latent_modes=m.latent_modes)
     gan = build_gan(m.arch, g_kwargs, d_kwargs, images=spec.kind == "images", dist=d,
                     opts=engines.EngineOptions(
                         strategy=strategy, precision=precision, micro_batch=micro,

@@ -29,6 +29,7 @@ BLOCKING = {
     ("model", "z_dim"): "G's input",
     ("model", "width"): "the networks' shapes",
     ("model", "pack"): "D's input",
+    ("model", "latent_modes"): "G's latent mixture",
     ("model", "cond"): "the conditioning inputs",
     ("data", "data"): "the dataset (and the loader position in it)",
     ("data", "res"): "the resolution",
