@@ -12,7 +12,8 @@ from fastgan.config import TrainConfig, resolve
 from fastgan.train.loop import train
 
 
-@pytest.mark.parametrize("extra", [{}, {"ema_kimg": 0.5}])
+@pytest.mark.parametrize("extra", [{}, {"ema_kimg": 0.5},
+                                   {"r1_gamma": 0.05, "r1_interval": 3}])
 def test_each_member_tracks_fastgan_train(tmp_path, extra):
     steps, seeds = 40, [3, 0]
     ens = modes.Ensemble(modes.variant_config("grid", extra, steps), seeds)
@@ -31,8 +32,9 @@ def test_each_member_tracks_fastgan_train(tmp_path, extra):
         gen = torch.load(ckpt / "generator.pt", weights_only=True)
         member = ens.member_state(k)
         for name, value in gen["state_dict"].items():
-            # batched matrix products round differently: close, not bitwise
-            torch.testing.assert_close(member[name], value, rtol=1e-4, atol=1e-5)
+            # batched matrix products (and R1's double backward) round differently:
+            # close, not bitwise (a missing R1 or EMA step is off by far more)
+            torch.testing.assert_close(member[name], value, rtol=1e-4, atol=1e-4)
 
 
 def test_bench_modes_cli_prints_the_table(tmp_path):

@@ -14,7 +14,9 @@ def test_dry_run_prints_resolved_config(tmp_path):
     assert cfg["run"]["precision"] == "auto"
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
     ring = json.loads(run_fastgan("train", "--dry-run", "--data", "builtin:ring").stdout)
-    assert ring["model"]["arch"] == "mlp" and ring["model"]["latent_modes"] == 100
+    assert ring["model"]["arch"] == "mlp" and ring["model"]["latent_modes"] == 0
+    grid = json.loads(run_fastgan("train", "--dry-run", "--data", "builtin:grid").stdout)
+    assert grid["model"]["latent_modes"] == 100 and grid["optim"]["r1_gamma"] == 0.01
     assert cfg["model"]["latent_modes"] == 0
 
 

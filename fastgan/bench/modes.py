@@ -50,13 +50,21 @@ PUBLISHED = {
 # The ladder from PacGAN's GAN to fastgan's default, one change per rung; every flag
 # not named is fastgan's default for the dataset (see config.PRESETS).
 VARIANTS: dict[str, dict] = {
-    # PacGAN's optimiser (Adam 1e-4, beta1 0.8), constant rate, no packing
-    "pacgan-gan": dict(pack=1, lr_g=1e-4, lr_d=1e-4, beta1=0.8, lr_decay=0.0),
+    # PacGAN's optimiser (Adam 1e-4, beta1 0.8), constant rate, no packing, G's latent
+    # one Gaussian, no R1
+    "pacgan-gan": dict(pack=1, lr_g=1e-4, lr_d=1e-4, beta1=0.8, lr_decay=0.0, latent_modes=0,
+                       r1_gamma=0.0),
     # ... with D judging pairs of samples
-    "pacgan2": dict(pack=2, lr_g=1e-4, lr_d=1e-4, beta1=0.8, lr_decay=0.0),
+    "pacgan2": dict(pack=2, lr_g=1e-4, lr_d=1e-4, beta1=0.8, lr_decay=0.0, latent_modes=0,
+                    r1_gamma=0.0),
     # fastgan's optimiser (Adam 1e-3, beta1 0.5), still a constant rate
-    "pack2-lr1e-3": dict(pack=2, lr_decay=0.0),
-    # fastgan's default: the rate decays to zero over the second half
+    "pack2-lr1e-3": dict(pack=2, lr_decay=0.0, latent_modes=0, r1_gamma=0.0),
+    # ... the rate decaying to zero over the second half: the ring's default
+    "pack2-decay": dict(pack=2, latent_modes=0, r1_gamma=0.0),
+    # ... and G's latent a mixture of 100 Gaussians
+    "mixture": dict(pack=2, latent_modes=100, r1_gamma=0.0),
+    # fastgan's default: on the grid, the mixture and a light R1 (gamma 0.01 every 16
+    # steps); on the ring, pack2-decay
     "default": dict(),
     # the default without packing: what packing still adds
     "default-pack1": dict(pack=1),
@@ -144,6 +152,16 @@ class Ensemble:
         loss_d.sum().backward()
         self.opt_D.step()
         self.opt_D.zero_grad(set_to_none=True)
+        o = self.cfg.optim
+        if o.r1_gamma > 0 and (self.step_count + 1) % o.r1_interval == 0:
+            # D reg (train/phases.py): lazy R1 on this step's real points, D stepped again
+            real = real.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.D(self.d_params, real).sum(), real,
+                                          create_graph=True)
+            penalty = grad.square().sum(dim=2).mean(dim=1)  # one per member
+            (penalty.sum() * (o.r1_gamma / 2 * o.r1_interval)).backward()
+            self.opt_D.step()
+            self.opt_D.zero_grad(set_to_none=True)
         # G main, through the updated D, frozen
         frozen = {k: v.detach() for k, v in self.d_params.items()}
         loss_g = vmap(_bce_mean)(self.D(frozen, fake), ones)
@@ -152,7 +170,6 @@ class Ensemble:
         self.opt_G.zero_grad(set_to_none=True)
         self.step_count += 1
         if self.ema is not None:
-            o = self.cfg.optim
             beta = ema_beta(o.ema_kimg, o.ema_rampup, self.step_count * self.batch, self.batch)
             with torch.no_grad():
                 torch._foreach_lerp_(list(self.ema.values()),
@@ -193,7 +210,8 @@ def train_members(dataset: str, variant: str, seeds: list[int], steps: int | Non
             "config": {k: v for k, v in {**cfg.model.__dict__, **cfg.optim.__dict__,
                                           "batch": cfg.loop.batch}.items()
                        if k in ("pack", "z_dim", "latent_modes", "width", "lr_g", "lr_d",
-                                "beta1", "beta2", "lr_decay", "ema_kimg", "batch")},
+                                "beta1", "beta2", "lr_decay", "ema_kimg", "r1_gamma",
+                                "r1_interval", "batch")},
             "seconds": time.perf_counter() - start}
 
 
