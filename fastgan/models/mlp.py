@@ -10,6 +10,16 @@ lack of diversity and so counters mode collapse.
 multiplied by it and D's input divided by it, so both networks work in unit-variance
 coordinates, as image models work in [-1, 1]. Without it the grid (coordinates up to 4)
 learned more slowly and less tightly (fewer samples within 3 std of a mode).
+
+``latent_modes`` > 0 turns G's latent into a mixture of that many Gaussians
+(:class:`LatentMixture`). The 2-D datasets are disconnected (8 or 25 separate blobs),
+and a continuous G of a connected latent cannot be: whatever it does, some latent mass
+lies between the regions it sends to two modes, and lands on the line between them.
+With a mixture the latent itself has gaps, where G can switch modes at no cost
+(DeLiGAN, Gurumurthy et al. 2017; "Disconnected manifold learning", Khayatkhoei et al.
+2018). On the grid, 100 components took the samples off the lines (about 1% more than
+0.5 from any mode, was 5%): BENCHMARKS.md, "2-D mode benchmark". On the ring they did
+not help, and its preset keeps one Gaussian.
 """
 
 from __future__ import annotations
