@@ -246,6 +246,12 @@ def test_resume_differences():
     assert blocking == [] and "world size: now 4, checkpoint 2" in harmless[0]
     blocking, _ = resume.differences(cfg, cfg, 2, 4, strategy="deepspeed")
     assert "DeepSpeed's optimizer partitions" in blocking[0]
+    # a checkpoint from before --latent-modes existed had one Gaussian
+    grid = {"model": {"latent_modes": 100}, "optim": {}}
+    blocking, _ = resume.differences({"model": {}}, grid, 1, 1, strategy="none")
+    assert blocking == ["--latent-modes: now 100, checkpoint 0 (G's latent mixture)"]
+    assert resume.differences({"model": {}}, {"model": {"latent_modes": 0}, "optim": {}}, 1, 1,
+                              strategy="none") == ([], [])
 
 
 def test_keep_ckpts_at_least_two(tmp_path):

@@ -40,6 +40,9 @@ DEEPSPEED_BLOCKING = {
     ("dist", "zero"): "DeepSpeed's optimizer partitions",
     ("dist", "accum"): "DeepSpeed's engine configuration",
 }
+# Fields added after checkpoints had been written: what such a checkpoint ran with
+# (a grid checkpoint from before --latent-modes has no mixture in its G).
+ADDED = {("model", "latent_modes"): 0}
 # Settings that say where and how long a run goes, not what it is: changing them is
 # what a resume is for, and is not even mentioned.
 QUIET = {("run", "out"), ("run", "resume"), ("run", "resume_force"), ("run", "progress"),
@@ -84,7 +87,7 @@ def differences(saved: dict, current: dict, saved_world: int, world: int, *,
     for section, fields in current.items():
         for name, value in fields.items():
             key = (section, name)
-            old = saved.get(section, {}).get(name, value)
+            old = saved.get(section, {}).get(name, ADDED.get(key, value))
             if old == value or key in quiet:
                 continue
             line = f"--{name.replace('_', '-')}: now {value!r}, checkpoint {old!r}"
