@@ -245,8 +245,9 @@ def load_toml(path: str) -> dict:
 #   4x400 generator cost 4x as much per step and, at equal time, did worse. The grid
 #   adds a latent mixture of 100 Gaussians (models/mlp.py: without it a tenth of its
 #   samples lay on the lines between modes or wide of them) and a light lazy R1 (gamma
-#   0.01 every 16 steps: the last seeds then settled into all 25 modes). On the ring the
-#   mixture made one seed in five end at 86% high quality instead of 95-97%: not there.
+#   0.01 every 16 steps: no seed of ten then ended below 91% high quality; with the
+#   mixture alone one in five ended near 85%). On the ring the mixture made one seed in
+#   five end at 86% high quality instead of 95-97%: not there.
 PRESETS: dict[str, dict] = {
     "shapes": dict(res=32, arch="dcgan", width=32, batch=64, kimg=400.0, log_every=500,
                    sample_every=1000, ckpt_every=2000, lr_g=1e-3, lr_d=1e-3, r1_gamma=10.0,
