@@ -40,6 +40,7 @@ from ..errors import UserError
 from ..kernels import bce_with_logits_reference
 from ..train.ema import ema_beta
 from ..train.loop import lr_scale
+from ..train.phases import r1_penalty
 
 # PacGAN, Table 1 (10 trials each): (modes, high-quality %), ring then grid.
 PUBLISHED = {
@@ -158,7 +159,7 @@ class Ensemble:
             real = real.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.D(self.d_params, real).sum(), real,
                                           create_graph=True)
-            penalty = grad.square().sum(dim=2).mean(dim=1)  # one per member
+            penalty = vmap(r1_penalty)(grad)  # one per member
             (penalty.sum() * (o.r1_gamma / 2 * o.r1_interval)).backward()
             self.opt_D.step()
             self.opt_D.zero_grad(set_to_none=True)

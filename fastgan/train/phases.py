@@ -47,6 +47,12 @@ def _call(net, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
     return net(x) if c is None else net(x, c)
 
 
+def r1_penalty(grad: torch.Tensor) -> torch.Tensor:
+    """R1's penalty from D's gradient at the real samples: each sample's squared gradient
+    norm, averaged over the batch (weighted by gamma / 2, times the interval when lazy)."""
+    return grad.float().square().sum(dim=tuple(range(1, grad.ndim))).mean()
+
+
 @dataclass
 class Phase:
     name: str
@@ -138,7 +144,7 @@ class GANStep:
             with autocast(precision, self.device):
                 logits = _call(D.module, self.aug(real), c)  # penalty on the image itself
             (grad,) = torch.autograd.grad(logits.float().sum(), real, create_graph=True)
-            penalty = grad.float().square().sum(dim=tuple(range(1, grad.ndim))).mean()
+            penalty = r1_penalty(grad)
             if self._finite(penalty, "R1"):
                 D.backward(penalty * (self.r1_gamma / 2 * self.r1_interval), i, wrapped=False)
                 self._record((4,), (penalty.detach(),))
