@@ -15,11 +15,15 @@ class Meter:
     while another is measured fills its prefetch queue; those batches are taken untimed
     (``drain``) before each slice, or discarded by ``flush``. ``sync`` waits for the device (CUDA runs ahead of
     the host) at the start and end of a slice.
+
+    ``host_seconds`` is the time the host took to issue the batches of the slices,
+    without the wait for the device at their ends: on a GPU, when it is well below
+    ``seconds`` the host runs ahead and the device sets the pace; on a CPU the two agree.
     """
 
     def __init__(self, take, drain: int = 0, sync=lambda: None, flush=lambda: None):
         self.take, self.drain, self.sync, self.flush = take, drain, sync, flush
-        self.images, self.seconds = 0, 0.0
+        self.images, self.steps, self.seconds, self.host_seconds = 0, 0, 0.0, 0.0
 
     def measure(self, seconds: float) -> None:
         for _ in range(self.drain):
@@ -42,11 +46,19 @@ class Meter:
         start = time.perf_counter()
         for _ in range(steps):
             self.images += self.take()
+        issued = time.perf_counter()
         self.sync()
         self.seconds += time.perf_counter() - start
+        self.host_seconds += issued - start
+        self.steps += steps
 
     def reset(self) -> None:
-        self.images, self.seconds = 0, 0.0
+        self.images, self.steps, self.seconds, self.host_seconds = 0, 0, 0.0, 0.0
+
+    @property
+    def host_ms(self) -> float:
+        """Host milliseconds to issue one batch (measure_steps slices only)."""
+        return 1e3 * self.host_seconds / max(self.steps, 1)
 
     @property
     def rate(self) -> float:

@@ -19,6 +19,13 @@ train --workers``), and the classic folder DataLoader (``--workers``) feeding th
 classic step, as pytorch/examples' DCGAN trains. On a small machine the loader's
 workers share the cores with the step, which is what these rows capture. FLOPs per image are counted once on the
 baseline step (torch.utils.flop_counter), so both rows also read as achieved TFLOP/s.
+
+What the host does per step: ``host_ms``, the time to issue one step without waiting for
+the device (on a GPU, when it is well below the step's wall time the host runs ahead);
+``device_ms``, the GPU kernels' time per step (torch.profiler; GPUs only);
+``syncs_per_step``, reads of device values back to the host, and ``ops_per_step``, aten
+ops dispatched (``ops.py``; averaged over one cycle of the phases' intervals, so lazy
+R1's share counts).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from ..train.build import build_gan
 from ..train.precision import resolve_precision
 from .data import PREFETCH, fastgan_batches, folder_batches
 from .meter import ROUNDS, Meter
+from .ops import count_calls
 
 
 def _flusher(batches, workers: int):
@@ -125,6 +133,41 @@ class ClassicStep:
             self.opt_G.step()
 
 
+class TrainingStep:
+    """fastgan's training step on a fixed real batch and fresh latents; returns the
+    global batch size (what a Meter counts)."""
+
+    def __init__(self, step, real: torch.Tensor, z_dim: int, batch: int):
+        self.step, self.real, self.z_dim, self.batch = step, real, z_dim, batch
+        self.index = 0
+
+    def take(self, real: torch.Tensor) -> int:
+        self.index += 1
+        z = torch.randn(real.shape[0], self.z_dim, device=real.device)
+        self.step(real, z, self.index)
+        return self.batch
+
+    def __call__(self) -> int:
+        return self.take(self.real)
+
+
+def device_ms(step, device: torch.device, steps: int = 4) -> float | None:
+    """GPU milliseconds per step: the kernels' time, summed over ``steps`` steps by
+    torch.profiler (None on a CPU, where host and device time are one)."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    kernel_us = sum(e.device_time for e in prof.events()
+                    if e.device_type == torch.autograd.DeviceType.CUDA)
+    return kernel_us / 1e3 / steps
+
+
 def _regularisation(o: StepBenchOptions) -> dict:
     """StyleGAN2 trains with lazy R1 (every 16 steps): its step includes it, as NVlabs'
     seconds per kimg do."""
@@ -164,13 +207,7 @@ def _run(o: StepBenchOptions, d: distributed.Dist) -> dict:
         return x.contiguous(memory_format=torch.channels_last) if images else x
 
     real = real_batch(per_rank)
-    counter = [0]
-
-    def fastgan_step(batch: torch.Tensor = real) -> int:
-        counter[0] += 1
-        gan.step(batch, torch.randn(per_rank, z_dim, device=d.device), counter[0])
-        return o.batch
-
+    fastgan_step = TrainingStep(gan.step, real, z_dim, o.batch)
     sync = torch.cuda.synchronize if d.device.type == "cuda" else (lambda: None)
     meters = {"fastgan": Meter(fastgan_step, sync=sync)}
     flops = None
@@ -194,7 +231,7 @@ def _run(o: StepBenchOptions, d: distributed.Dist) -> dict:
 
         def loader_step() -> int:
             real = next(stream).to(d.device, non_blocking=True).float().div_(127.5).sub_(1.0)
-            return fastgan_step(real)
+            return fastgan_step.take(real)
 
         meters["fastgan + loader"] = Meter(loader_step, sync=sync, flush=_flusher(
             stream, o.workers))
@@ -233,11 +270,21 @@ def _run(o: StepBenchOptions, d: distributed.Dist) -> dict:
             if name in meters:
                 meters[name].measure_steps(counts[name])
             distributed.barrier(d)
+    # What the host does per step, over one cycle of the phases' intervals (StyleGAN2's
+    # lazy R1 falls on one step in 16): ops dispatched, and reads of device values.
+    cycle = max(p.interval for p in gan.step.phases)
+    counted = count_calls(fastgan_step, cycle)
     result = {
         "arch": o.arch, "res": o.res if images else None, "batch": o.batch, "width": width,
         "precision": precision, "strategy": strategy, "world": d.world, "accum": o.accum,
         "device": str(d.device) if d.device.type != "cuda" else torch.cuda.get_device_name(),
         "img_s": meters["fastgan"].rate,
+        "host_ms": meters["fastgan"].host_ms,
+        "device_ms": device_ms(fastgan_step, d.device),
+        "syncs_per_step": counted.total_reads / cycle,
+        "ops_per_step": counted.ops / cycle,
+        "baseline_ops_per_step": count_calls(meters["baseline"].take, 1).ops
+        if "baseline" in meters else None,
         "baseline_img_s": meters["baseline"].rate if "baseline" in meters else None,
         "loader_img_s": meters["fastgan + loader"].rate if o.data else None,
         "folder_img_s": meters["baseline + folder"].rate if "baseline + folder" in meters
@@ -273,7 +320,12 @@ def table(r: dict) -> str:
         ratio = f"{v / r['baseline_img_s']:12.2f}x" if r["baseline_img_s"] else f"{'':13s}"
         tflops = f"{v * r['flops_per_img'] / 1e12:9.3f}" if r["flops_per_img"] else ""
         lines.append(f"{name:44s}{v:9.1f}{ratio}{tflops}")
-    lines.append(f"fastgan: {r['sec_per_kimg']:.1f} s/kimg")
+    device = f", device {r['device_ms']:.2f} ms" if r.get("device_ms") is not None else ""
+    lines.append(f"fastgan: {r['sec_per_kimg']:.1f} s/kimg; per step: host {r['host_ms']:.2f} ms"
+                 f"{device}, {r['syncs_per_step']:g} host reads of device values, "
+                 f"{r['ops_per_step']:.0f} ops dispatched"
+                 + (f" (baseline: {r['baseline_ops_per_step']})"
+                    if r.get("baseline_ops_per_step") else ""))
     if r["flops_per_img"]:
         lines.append(f"{r['flops_per_img'] / 1e9:.2f} GFLOP per image and step "
                      "(counted on the baseline step)")
