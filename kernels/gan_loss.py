@@ -62,6 +62,8 @@ if AVAILABLE:
                 tl.store(g_real_ptr + off, ((s - 1.0) * inv).to(g_real_ptr.dtype.element_ty),
                          mask=m)
             tl.store(d_real_ptr, tl.sum(acc, axis=0) * inv)
+        else:  # no real logits: every output is still defined (0)
+            tl.store(d_real_ptr, 0.0)
         acc = tl.zeros([BLOCK], tl.float32)
         inv = 1.0 / n_fake
         for start in range(0, n_fake, BLOCK):
@@ -78,37 +80,54 @@ if AVAILABLE:
         tl.store(loss_ptr, tl.sum(loss, axis=0))
 
 
-class _GANLoss(torch.autograd.Function):
-    """(loss, mean D(x), mean D(G(z))); only the loss is differentiable."""
+# The phase as torch.library custom ops, so that torch.compile traces a step that uses
+# them (one opaque node each, fullgraph works): the forward returns the loss, both
+# statistics and the gradients the same pass computed; the backward scales those.
 
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, real, fake, g_phase: bool):
-        scalars = [torch.empty((), dtype=torch.float32, device=fake.device) for _ in range(3)]
-        g_real = torch.empty_like(real)
-        g_fake = torch.empty_like(fake)
-        _gan_loss_kernel[(1,)](real, fake, *scalars, g_real, g_fake, real.numel(),
-                               fake.numel(), G_PHASE=g_phase, BLOCK=BLOCK)
-        ctx.save_for_backward(g_real, g_fake, real, fake)
-        ctx.g_phase = g_phase
-        ctx.mark_non_differentiable(scalars[1], scalars[2])
-        return tuple(scalars)
+@torch.library.custom_op("fastgan::gan_loss", mutates_args=())
+def _gan_loss_op(real: torch.Tensor, fake: torch.Tensor, g_phase: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, mean D(x), mean D(G(z)), d loss / d real, d loss / d fake)."""
+    loss, d_real, d_fake = (torch.empty((), dtype=torch.float32, device=fake.device)
+                            for _ in range(3))
+    g_real, g_fake = torch.empty_like(real), torch.empty_like(fake)
+    _gan_loss_kernel[(1,)](real, fake, loss, d_real, d_fake, g_real, g_fake, real.numel(),
+                           fake.numel(), G_PHASE=g_phase, BLOCK=BLOCK)
+    return loss, d_real, d_fake, g_real, g_fake
 
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, grad_loss, _d_real, _d_fake):
-        g_real, g_fake, real, fake = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: differentiable recomputation
-            g_fake = (torch.sigmoid(fake.float()) - float(ctx.g_phase)) / fake.numel()
-            g_real = (torch.sigmoid(real.float()) - 1.0) / max(real.numel(), 1)
-        grad_real = None if ctx.g_phase else (g_real * grad_loss).to(real.dtype)
-        return grad_real, (g_fake * grad_loss).to(fake.dtype), None
+
+@_gan_loss_op.register_fake
+def _gan_loss_shapes(real, fake, g_phase):
+    scalar = fake.new_empty((), dtype=torch.float32)
+    return scalar, scalar.clone(), scalar.clone(), torch.empty_like(real), torch.empty_like(fake)
+
+
+def _gan_loss_save(ctx, inputs, output):
+    real, fake, g_phase = inputs
+    ctx.save_for_backward(real, fake, output[3], output[4])
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.g_phase = g_phase
+
+
+def _gan_loss_backward(ctx, grad_loss, _d_real, _d_fake, _g_real, _g_fake):
+    """Only the loss is differentiable: its gradients, scaled by the incoming one."""
+    real, fake, g_real, g_fake = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph: a differentiable recomputation
+        g_fake = (torch.sigmoid(fake.float()) - float(ctx.g_phase)) / fake.numel()
+        g_real = (torch.sigmoid(real.float()) - 1.0) / max(real.numel(), 1)
+    grad_real = None if ctx.g_phase else (g_real * grad_loss).to(real.dtype)
+    return grad_real, (g_fake * grad_loss).to(fake.dtype), None
+
+
+_gan_loss_op.register_autograd(_gan_loss_backward, setup_context=_gan_loss_save)
 
 
 def d_loss_triton(real_logits: torch.Tensor, fake_logits: torch.Tensor):
-    return _GANLoss.apply(real_logits.contiguous(), fake_logits.contiguous(), False)
+    loss, d_real, d_fake, _, _ = _gan_loss_op(real_logits.contiguous(),
+                                              fake_logits.contiguous(), False)
+    return loss, d_real, d_fake
 
 
 def g_loss_triton(fake_logits: torch.Tensor) -> torch.Tensor:
     fake = fake_logits.contiguous()
-    return _GANLoss.apply(fake[:0], fake, True)[0]
+    return _gan_loss_op(fake[:0], fake, True)[0]

@@ -276,11 +276,35 @@ def test_dispatch_takes_the_path_it_says(monkeypatch):
                           type(kernels.bce_with_logits(logits, 1.0).grad_fn).__name__,
                           type(kernels.gan_d_loss(logits, logits)[0].grad_fn).__name__)
     assert names["triton"] == ("GeneratedBackwardFor_fastgan_bias_act_defaultBackward",
-                               "_BCEWithLogitsBackward", "_GANLossBackward")
+                               "_BCEWithLogitsBackward",
+                               "GeneratedBackwardFor_fastgan_gan_loss_defaultBackward")
     assert not set(names["torch"]) & set(names["triton"])
     monkeypatch.setenv("FASTGAN_KERNELS", "auto")  # auto: Triton on CUDA tensors only
     auto = type(kernels.bias_act(x, b, act="relu").grad_fn).__name__
     assert (auto == names["triton"][0]) == (DEVICE == "cuda")
+
+
+def test_gan_losses_are_a_registered_op_that_compiles(monkeypatch):
+    """The GAN loss kernel as a torch.library op: opcheck passes, torch.compile traces
+    both phases' losses whole (fullgraph), values and gradients equal to eager, and the
+    statistics carry no graph."""
+    monkeypatch.setenv("FASTGAN_KERNELS", "triton")
+    real, fake = rand(6, 1, scale=3), rand(6, 1, scale=3, seed=2)
+    torch.library.opcheck(torch.ops.fastgan.gan_loss.default, (real, fake, False))
+    torch.library.opcheck(torch.ops.fastgan.gan_loss.default, (fake[:0], fake, True))
+
+    def phases(real, fake):
+        loss_d, d_real, d_fake = kernels.gan_d_loss(real, fake)
+        return loss_d + kernels.gan_g_loss(fake), d_real, d_fake
+
+    compiled = torch.compile(phases, fullgraph=True, backend="aot_eager")
+    re, fe = real.clone().requires_grad_(), fake.clone().requires_grad_()
+    rc, fc = real.clone().requires_grad_(), fake.clone().requires_grad_()
+    eager, ours = phases(re, fe), compiled(rc, fc)
+    for a, b in zip(ours, eager):
+        torch.testing.assert_close(a, b)
+    assert not ours[1].requires_grad and not eager[1].requires_grad
+    torch.testing.assert_close(grads(ours[0], (rc, fc)), grads(eager[0], (re, fe)))
 
 
 def test_bias_act_is_a_registered_op_that_compiles(monkeypatch):
