@@ -6,6 +6,11 @@ and nothing is wrapped, so a plain ``fastgan train`` pays no distributed overhea
 
 Wrapping the networks (DDP, DeepSpeed) is engines.py's business; this module holds the
 process group and the few collectives the loop and the phases share.
+
+Beside the main group (nccl on GPUs) every multi-process run has a **control group**
+(gloo, on the CPU) for messages the host itself must act on, such as "a rank was asked
+to stop". Their tensors live in host memory, so agreeing on them never waits for a
+device: a step issues its device work and never reads it back (see phases.py).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class Dist:
     world: int
     local_rank: int
     device: torch.device
+    control: object = None  # the gloo group for host-side messages (world > 1)
 
     @property
     def is_main(self) -> bool:
@@ -57,8 +63,8 @@ def init(device_flag: str = "auto", *, group_of_one: bool = False,
         if not torch.cuda.is_available():
             raise UserError(f"--device: {device_flag} requested but CUDA is not available")
         torch.cuda.set_device(device)
+    timeout = datetime.timedelta(seconds=timeout_s)
     if world > 1 and not dist.is_initialized():
-        timeout = datetime.timedelta(seconds=timeout_s)
         # torchrun --max-restarts starts each attempt's workers on the same store; keys
         # of the dead attempt (its ranks' addresses) would then be read before the new
         # ranks write theirs ("Connection refused"; seen here on the first restart).
@@ -70,7 +76,10 @@ def init(device_flag: str = "auto", *, group_of_one: bool = False,
             store=dist.PrefixStore(f"fastgan/attempt-{attempt}", store),
             rank=rank, world_size=world, timeout=timeout,
         )
-    elif world == 1 and group_of_one and not dist.is_initialized():
+    if world > 1:
+        return Dist(rank, world, local_rank, device,
+                    control=dist.new_group(backend="gloo", timeout=timeout))
+    if group_of_one and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                 store=dist.HashStore(), rank=0, world_size=1)
     return Dist(rank, world, local_rank, device)
@@ -105,6 +114,14 @@ def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return t
 
 
+def max_over_ranks(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    """``t``, element-wise maximum over ranks, in place: an any-rank flag that stays on
+    the device (no host waits for it)."""
+    if d.world > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def all_gather_object(obj, d: Dist) -> list:
     """``obj`` of every rank, in rank order, on every rank."""
     if d.world == 1:
@@ -112,30 +129,6 @@ def all_gather_object(obj, d: Dist) -> list:
     out = [None] * d.world
     dist.all_gather_object(out, obj)
     return out
-
-
-def nonfinite_ranks(value: torch.Tensor, d: Dist) -> list[int]:
-    """The ranks whose ``value`` (a scalar) is NaN or Inf; every rank gets the same list.
-
-    This is how every rank agrees to skip a step together: a per-rank check alone would
-    let one rank step while another does not, and the ranks would silently diverge.
-    It costs one tiny all-gather and one wait for the device per call.
-    """
-    bad = (~torch.isfinite(value.detach().float())).float().reshape(1)
-    if d.world > 1:
-        parts = [torch.empty_like(bad) for _ in range(d.world)]
-        dist.all_gather(parts, bad)
-        bad = torch.cat(parts)
-    return [i for i, b in enumerate(bad.tolist()) if b]
-
-
-def any_rank(flag: bool, d: Dist) -> bool:
-    """Whether ``flag`` is set on any rank; every rank gets the same answer."""
-    if d.world == 1:
-        return flag
-    t = torch.tensor([int(flag)], device=d.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 def average_in_place(tensors: list[torch.Tensor], d: Dist) -> None:

@@ -23,17 +23,20 @@ statistics never touch training, and broadcasting rank 0's buffers before every 
 in eval mode (samples, mode metrics, checkpoints), so :func:`sync_buffers` averages them
 over ranks first; every rank then holds the same, global estimate.
 
-Non-finite losses are decided before backward, on every rank together (the phases ask
-:func:`fastgan.train.distributed.nonfinite_ranks`). A dropped micro-batch adds nothing;
-a phase whose micro-batches are all dropped takes no optimizer step, on every rank.
-Under DeepSpeed with ``--accum`` > 1 a dropped micro-batch still runs a zero backward, so
-that the engine's micro-step count and ZeRO's gradient hooks stay in step on every rank.
+NaN and Inf: every loss is back-propagated; a step whose gradients (after the
+all-reduce) or any rank's loss is not finite is skipped on every rank, decided on the
+device (:meth:`Engine.step`). Host reads left in a step: none under none and DDP with
+the fused Adam that fastgan builds (an optimizer that is not fused costs one read per
+step: it cannot take the skip flag on the device). Under DeepSpeed, what DeepSpeed
+itself reads: under ZeRO 1 and 2, the gradient norm's validity once per engine step
+(its own NaN/Inf check, which also makes the skip); without ZeRO, none.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 import json
 import logging
@@ -46,7 +49,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import UserError
-from .distributed import Dist, all_reduce_grads, average_in_place
+from .distributed import Dist, all_reduce_grads, average_in_place, max_over_ranks
 
 log = logging.getLogger("fastgan")
 
@@ -78,7 +81,17 @@ class EngineOptions:
 
 
 class Engine:
-    """One network, its optimizer, and the strategy's way of stepping them."""
+    """One network, its optimizer, and the strategy's way of stepping them.
+
+    A step never reads a device value back to the host (under none and DDP; DeepSpeed's
+    own reads are listed at :meth:`_deepspeed_step`). Whether an optimizer step is
+    skipped for a NaN or Inf is decided on the device, the same way on every rank: the
+    flag comes from the gradients after their all-reduce (identical on every rank, and
+    any rank's NaN reaches all of them through the sum) and from every rank's losses
+    (one scalar all-reduce per step, so that a NaN loss whose gradients came out finite
+    still counts). The fused Adam takes the flag as ``found_inf``, GradScaler's own
+    channel, and skips its update on the device (step counter included).
+    """
 
     def __init__(self, name: str, module: nn.Module, optimizer: torch.optim.Optimizer,
                  opts: EngineOptions, dist: Dist):
@@ -86,12 +99,20 @@ class Engine:
         self.opts, self.dist = opts, dist
         self.accum = opts.accum
         self.scaler = None
-        self.overflow_skips = 0  # steps a loss scaler (ours or DeepSpeed's) skipped
-        self._good = 0           # micro-batches back-propagated in the current step
+        device = dist.device
+        # Cumulative counts on the device, read when the loop logs: optimizer steps
+        # skipped for a NaN/Inf loss or gradient, and fp16 loss-scaler overflows.
+        self.nonfinite_skips = torch.zeros((), dtype=torch.float64, device=device)
+        self.overflow_skips = torch.zeros((), dtype=torch.float64, device=device)
+        # The last step's outcome, as float32 0/1 device flags: skipped at all; skipped
+        # for a non-finite loss or gradient (not an fp16 overflow); some rank's loss was
+        # not finite (its statistics are left out).
+        self.skipped = self.nonfinite = self.loss_bad = torch.zeros((), device=device)
+        self._loss_bad: torch.Tensor | None = None  # any non-finite loss in this step
         self._manual_sync = False
-        self.grad_norm: torch.Tensor | None = None  # see step(measure=True)
+        self.grad_norm: torch.Tensor | None = None  # see step()
         if opts.strategy == "ddp":
-            ids = [dist.device.index] if dist.device.type == "cuda" else None
+            ids = [device.index] if device.type == "cuda" else None
             self.wrapped = DistributedDataParallel(module, device_ids=ids,
                                                    gradient_as_bucket_view=True,
                                                    **_NO_FORWARD_BUFFER_SYNC)
@@ -102,7 +123,10 @@ class Engine:
         if opts.precision == "fp16" and opts.strategy != "deepspeed":
             # one scaler per network: G's and D's gradients differ in scale by orders of
             # magnitude, and an overflow in one must not shrink the other's scale
-            self.scaler = torch.amp.GradScaler(dist.device.type)
+            self.scaler = torch.amp.GradScaler(device.type)
+        # Optimizers that take GradScaler's found_inf (the fused ones) skip on the
+        # device; any other needs the flag on the host: one read per step.
+        self._skips_on_device = getattr(optimizer, "_step_supports_amp_scaling", False)
 
     @property
     def deepspeed(self) -> bool:
@@ -121,13 +145,15 @@ class Engine:
         ``wrapped``: whether the forward ran through the wrapper. DDP all-reduces only
         what ran through it; R1 runs D's plain module (DDP does not all-reduce double
         backward, pytorch #63929), so its gradients are all-reduced by hand at step().
+        A NaN or Inf loss is back-propagated like any other: step() skips the update.
         """
-        self._good += 1
         if self.deepspeed:
             self.wrapped.backward(loss)  # divides by the accumulation steps itself
             if micro < self.accum - 1:
                 self.wrapped.step()      # only counts the micro-step before the boundary
             return
+        bad = ~torch.isfinite(loss.detach())
+        self._loss_bad = bad if self._loss_bad is None else self._loss_bad | bad
         if not wrapped:
             self._manual_sync = True
         loss = loss / self.accum if self.accum > 1 else loss
@@ -135,79 +161,78 @@ class Engine:
             loss = self.scaler.scale(loss)
         loss.backward()
 
-    def drop(self, micro: int) -> None:
-        """Micro-batch ``micro`` is dropped on every rank (a non-finite loss somewhere)."""
-        if self.deepspeed and self.accum > 1:
-            # a zero backward keeps DeepSpeed's micro-step count and ZeRO's gradient hooks
-            # in step on every rank; it adds exactly nothing to the gradients
-            params = [p for p in self.module.parameters() if p.requires_grad]
-            self.wrapped.backward(sum(p.sum() for p in params) * 0.0)
-            if micro < self.accum - 1:
-                self.wrapped.step()
-        elif self.opts.strategy == "ddp" and micro == self.accum - 1 and self._good:
-            # the all-reduce would have come with this micro-batch's backward
-            self._manual_sync = True
+    def step(self) -> torch.Tensor:
+        """The optimizer step closing the current micro-batches; returns ``skipped``.
 
-    def step(self, *, measure: bool = False) -> bool:
-        """The optimizer step closing the current micro-batches; False when skipped.
-
-        ``measure``: leave the norm of the gradients it applies (unscaled; for the
-        health monitor) in ``self.grad_norm``, a device tensor (no wait for the device),
-        or None when nothing was applied or DeepSpeed does not report one.
+        Leaves in ``grad_norm`` the norm of the gradients (unscaled, before clipping: for
+        the health monitor), a device tensor, or None where DeepSpeed reports none; and
+        in ``skipped``, ``nonfinite`` and ``loss_bad`` this step's device flags.
         """
-        good, manual = self._good, self._manual_sync
-        self._good, self._manual_sync = 0, False
-        self.grad_norm = None
         if self.deepspeed:
-            if not good and self.accum == 1:
-                return False  # nothing reached the engine: nothing to undo
-            if not good:
-                log.warning("%s: every micro-batch of this step was dropped; under DeepSpeed "
-                            "the step still runs (on zero gradients)", self.name)
-            before = self.wrapped.skipped_steps
-            self.wrapped.step()
-            if self.wrapped.skipped_steps > before:
-                self.overflow_skips += 1
-                return False
-            if measure and good:  # ZeRO computes it on every step
-                norm = self.wrapped.get_global_grad_norm()
-                if norm is not None:
-                    self.grad_norm = torch.as_tensor(float(norm), device=self.dist.device)
-            return bool(good)
-        if not good:
-            self.optimizer.zero_grad(set_to_none=True)
-            return False
-        if manual:
+            return self._deepspeed_step()
+        if self._manual_sync:
             all_reduce_grads(self.module, self.dist)
-        if measure:
-            self.grad_norm = self._grad_norm()
-        applied = True
+        self._manual_sync = False
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        loss_bad, self._loss_bad = self._loss_bad, None
         if self.scaler is not None:
-            if self.opts.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.module.parameters(), self.opts.grad_clip)
-            scale = self.scaler.get_scale()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.scaler.get_scale() < scale:  # the scaler found inf/NaN and skipped
-                self.overflow_skips += 1
-                applied = False
-        else:
-            if self.opts.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.module.parameters(), self.opts.grad_clip)
+            self.scaler.unscale_(self.optimizer)  # in place, before the norm
+        norm = nn.utils.get_total_norm([p.grad for p in params], foreach=True).float()
+        grad_bad = ~torch.isfinite(norm)
+        loss_bad = max_over_ranks(loss_bad.float(), self.dist)
+        skipped = torch.maximum(grad_bad.float(), loss_bad)
+        if self.opts.grad_clip > 0:
+            nn.utils.clip_grads_with_norm_(params, self.opts.grad_clip, norm, foreach=True)
+        if self._skips_on_device:
+            self.optimizer.found_inf = skipped
             self.optimizer.step()
+            del self.optimizer.found_inf
+        elif not skipped.item():
+            self.optimizer.step()
+        if self.scaler is not None:
+            # its own found_inf (set by unscale_) halves the scale after an overflow;
+            # a skip for a NaN loss is not an overflow
+            self.scaler.update()
+            nonfinite = loss_bad
+        else:
+            nonfinite = skipped
+        self.overflow_skips += skipped - nonfinite
+        self.nonfinite_skips += nonfinite
         self.optimizer.zero_grad(set_to_none=True)
-        return applied
+        self.grad_norm, self.skipped, self.nonfinite = norm, skipped, nonfinite
+        self.loss_bad = loss_bad
+        return skipped
 
-    def _grad_norm(self) -> torch.Tensor | None:
-        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
-        if not grads:
-            return None
-        norm = torch.linalg.vector_norm(torch.stack(
-            [n.float() for n in torch._foreach_norm(grads)]))
-        if self.scaler is not None:  # the gradients are still scaled (no sync to read it)
-            norm = norm / self.scaler._get_scale_async()
-        return norm
+    def _deepspeed_step(self) -> torch.Tensor:
+        """DeepSpeed's step. Under ZeRO 1 and 2 DeepSpeed itself checks the norm of the
+        reduced gradients for NaN/Inf and skips the step on every rank: that check
+        reads the norm back (``is_invalid_grad_norm``), one read per step that fastgan
+        cannot take away. Without ZeRO (stage 0) the gradients sit in ``.grad`` after
+        the engine's all-reduce, and the fused Adam skips on the device as above."""
+        before = self.wrapped.skipped_steps
+        if self.wrapped.zero_optimization_stage() == 0:
+            params = [p for p in self.module.parameters() if p.grad is not None]
+            norm = nn.utils.get_total_norm([p.grad for p in params], foreach=True).float()
+            self.optimizer.found_inf = (~torch.isfinite(norm)).float()
+            self.wrapped.step()
+            skipped = self.optimizer.found_inf
+            del self.optimizer.found_inf
+        else:
+            self.wrapped.step()
+            # ZeRO computes it every step: a device tensor, or inf (a float) when skipped
+            norm = self.wrapped.get_global_grad_norm()
+            norm = norm if isinstance(norm, torch.Tensor) else None
+            skipped = self._flags[int(self.wrapped.skipped_steps > before)]
+        self.nonfinite_skips += skipped
+        self.grad_norm, self.skipped, self.nonfinite = norm, skipped, skipped
+        self.loss_bad = skipped  # DeepSpeed's check covers the losses through their gradients
+        return skipped
+
+    @functools.cached_property
+    def _flags(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """0 and 1 as device flags, made once (a fresh tensor would be a copy per step)."""
+        return (torch.zeros((), device=self.dist.device),
+                torch.ones((), device=self.dist.device))
 
     # ------------------------------------------------------------- checkpoints
 

@@ -42,13 +42,14 @@ from .board import Board
 from .build import build_gan
 from .ema import EMA
 from .precision import resolve_precision
-from .preemption import StopRequest
+from .phases import NonfiniteStreak
+from .preemption import StopRequest, StopVote
 
 log = logging.getLogger("fastgan")
 
 GRID_SAMPLES = 64
-# cumulative counts in metrics.jsonl: micro-batches dropped on every rank for a NaN/Inf
-# loss, and steps the fp16 loss scalers skipped
+# cumulative counts in metrics.jsonl: optimizer steps skipped on every rank for a NaN/Inf
+# loss or gradient, and steps the fp16 loss scalers skipped on an overflow
 SKIP_NAMES = ("skipped_nonfinite", "skipped_overflow_G", "skipped_overflow_D")
 
 
@@ -170,6 +171,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
             raise UserError(f"--cond: {cfg.data.data} names no classes (a manifest with "
                             "labels, as `fastgan shards` writes for class subfolders)")
         c_dim = len(classes)
+    class_ids = torch.arange(c_dim, device=device)
     scale = builtin.POINT_SETS[spec.builtin]().scale if spec.kind == "points" else 1.0
     g_kwargs, d_kwargs = models.model_kwargs(m.arch, res=cfg.data.res, z_dim=m.z_dim,
                                              width=m.width, pack=m.pack, c_dim=c_dim,
@@ -219,7 +221,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
         schedulers[0].load_state_dict(state["sched_G"])
         schedulers[1].load_state_dict(state["sched_D"])
         z_stream.set_state(state["z_stream"])
-        gan_step.nonfinite_skips, G_eng.overflow_skips, D_eng.overflow_skips = state["skips"]
+        gan_step.load_skip_counts(state["skips"])
         if same_world:  # last: nothing above may draw from the restored streams
             resume.set_rng_state(state["rng"][d.rank], device)
 
@@ -304,7 +306,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
     start = last_t = time.perf_counter()
     last_step = start_step
     record: dict = {}
-    nonfinite_streak, nonfinite_seen = 0, gan_step.nonfinite_skips
+    streak = NonfiniteStreak(cfg.run.max_nonfinite, device)
+    nonfinite_logged = gan_step.skip_counts()[0]
+    vote = StopVote(d)
     stopped_by = None
     final_grid = None
     try:
@@ -317,27 +321,25 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
             z = torch.randn(lp.batch, m.z_dim, device=device, generator=z_stream)
             c = None
             if c_dim:  # the real images' labels, for D and for G (-1, unlabelled: zeros)
-                labels = torch.tensor(batches.labels, device=device)
-                c = torch.nn.functional.one_hot(labels.clamp(min=0), c_dim).float()
-                c *= (labels >= 0).float().unsqueeze(1)
+                # one-hot by comparison: one_hot() checks the labels' range on the host
+                labels = torch.tensor(batches.labels).to(device, non_blocking=True)
+                c = (labels.unsqueeze(1) == class_ids).float()
             gan_step(real, z[d.rank * per_rank:(d.rank + 1) * per_rank], step, c)
             if ema is not None:
                 ema.update(G, step * lp.batch, lp.batch)
             for scheduler in schedulers:
                 scheduler.step()
+            streak.update(gan_step.nonfinite, step)
             bar.update(1)
-            # The ranks drop non-finite micro-batches together, so they count alike.
-            dropped = gan_step.nonfinite_skips > nonfinite_seen
-            nonfinite_seen = gan_step.nonfinite_skips
-            nonfinite_streak = nonfinite_streak + 1 if dropped else 0
-            if nonfinite_streak >= cfg.run.max_nonfinite:
-                done = checkpoint.complete(run_dir)
-                raise UserError(
-                    f"--max-nonfinite: NaN/Inf losses in {nonfinite_streak} consecutive "
-                    f"steps (to step {step}): stopping; the last good checkpoint is "
-                    f"{done[-1] if done else 'none (no checkpoint yet)'} (lower --lr-g/"
-                    "--lr-d, set --grad-clip or --precision bf16, then --resume it)")
-            if distributed.any_rank(stop.signal is not None, d):
+            # Everything above only issued work. Below, at the boundaries (a stop, a log
+            # record, samples, a checkpoint, the end), the host reads device values.
+            boundary = (step % lp.log_every == 0 or step == steps
+                        or (lp.sample_every and step % lp.sample_every == 0)
+                        or (lp.ckpt_every and step % lp.ckpt_every == 0))
+            stop_now = vote(stop.signal is not None)
+            if boundary or stop_now:
+                nonfinite_streak = _check_nonfinite(streak, run_dir)
+            if stop_now:
                 names = distributed.all_gather_object(stop.name, d)
                 stopped_by = ", ".join(f"{n} on rank {r}" for r, n in enumerate(names) if n)
                 final_ckpt = save_checkpoint(step)
@@ -345,8 +347,13 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
 
             if step % lp.log_every == 0 or step == steps:
                 engines.sync_buffers(G_eval, d)  # the scorer runs it in eval mode
-                names, means = gan_step.take_stats()
-                stats = distributed.all_reduce_mean(means, d).tolist()
+                stats = gan_step.take_stats()
+                step_skips = gan_step.skip_counts()
+                if d.is_main and step_skips[0] > nonfinite_logged:
+                    log.warning("steps %d-%d: %d optimizer step(s) skipped on every rank for "
+                                "a NaN/Inf loss or gradient", last_step + 1, step,
+                                step_skips[0] - nonfinite_logged)
+                nonfinite_logged = step_skips[0]
                 data_stats = {}
                 if isinstance(batches, BatchStream):
                     skips = distributed.all_reduce_sum(  # on the device: nccl wants it there
@@ -358,11 +365,11 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
                     record = {
                         "step": step,
                         "kimg": round(step * lp.batch / 1000, 3),
-                        **{k: float(f"{v:.6g}") for k, v in zip(names, stats)},
+                        **{k: float(f"{v:.6g}") for k, v in stats.items()},
                         "img_s": round((step - last_step) * lp.batch / (now - last_t), 1),
                         "elapsed_s": round(now - start, 2),
                         **data_stats,
-                        **dict(zip(SKIP_NAMES, gan_step.skip_counts())),
+                        **dict(zip(SKIP_NAMES, step_skips)),
                         **scorer(G_eval, diversity),
                     }
                     record["health"], started, cleared = monitor(record)
@@ -399,6 +406,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
                 board.samples(final_grid, steps)  # unless the last grid was just logged
             final_ckpt = save_checkpoint(steps)
     finally:
+        vote.close()
         bar.close()
         if metrics_file is not None:
             metrics_file.close()
@@ -420,6 +428,20 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
     elif d.is_main:
         _print_summary(summary)
     return summary
+
+
+def _check_nonfinite(streak: NonfiniteStreak, run_dir: Path) -> int:
+    """At a boundary: stop the run if NaN/Inf skips reached --max-nonfinite consecutive
+    steps (at whichever step they did since the last boundary); else the streak's length."""
+    length, reached_at = streak.read()
+    if reached_at:
+        done = checkpoint.complete(run_dir)
+        raise UserError(
+            f"--max-nonfinite: NaN/Inf losses in {streak.limit} consecutive steps (to step "
+            f"{reached_at}): stopping; the last good checkpoint is "
+            f"{done[-1] if done else 'none (no checkpoint yet)'} (lower --lr-g/--lr-d, set "
+            "--grad-clip or --precision bf16, then --resume it)")
+    return length
 
 
 def _check_resume(cfg: TrainConfig, state: dict, ckpt: Path, d: distributed.Dist,
@@ -464,9 +486,11 @@ def lr_scale(step: int, steps: int, decay: float) -> float:
 
 
 def _postfix(r: dict) -> str:
+    # a statistic is absent when every step since the last record skipped it (NaN/Inf)
+    nan = float("nan")
     parts = [f"kimg {r['kimg']:.1f}", f"{r['img_s']:.0f} img/s",
-             f"lossD {r['loss_D']:.3f}", f"lossG {r['loss_G']:.3f}",
-             f"D(x) {r['D(x)']:.2f}", f"D(G(z)) {r['D(G(z))']:.2f}"]
+             f"lossD {r.get('loss_D', nan):.3f}", f"lossG {r.get('loss_G', nan):.3f}",
+             f"D(x) {r.get('D(x)', nan):.2f}", f"D(G(z)) {r.get('D(G(z))', nan):.2f}"]
     if "modes_covered" in r:
         parts.append(f"modes {r['modes_covered']}/{r['modes_total']}")
     if r.get("health"):

@@ -16,11 +16,12 @@ DCGAN recipe does). With more micro-batches, keeping every micro-batch's G graph
 until the G phase would undo what accumulation saves, so the D phase draws its fakes
 without a graph and the G phase runs G again on the same z: the same numbers, less memory.
 
-Every loss is checked before its backward, on every rank together: a NaN or Inf
-anywhere drops that micro-batch on all ranks (see engines.py), counted and logged.
-
-Statistics (losses, D(x), D(G(z)), both gradient norms) accumulate on the device and are read only when the
-loop logs; the finiteness check is the one wait for the device per phase.
+Every loss is back-propagated and every phase ends in its engine's step, which skips
+the update on every rank when any rank's loss or the reduced gradients are not finite
+(engines.py). Nothing in a step reads a device value back to the host: the statistics
+(losses, D(x), D(G(z)), R1, both gradient norms), the skip counts and the NaN streak
+stay on the device until the loop logs or checkpoints, so on a GPU the host issues
+step after step while the device works.
 """
 
 from __future__ import annotations
@@ -32,14 +33,12 @@ from dataclasses import dataclass
 import torch
 
 from .. import kernels
-from .distributed import Dist, nonfinite_ranks
+from .distributed import Dist, all_reduce_sum
 from .engines import Engine
 from .precision import autocast
 
-log = logging.getLogger("fastgan")
-
+# The statistics of a step, in the order of the records
 STAT_NAMES = ("loss_D", "loss_G", "D(x)", "D(G(z))", "r1", "grad_G", "grad_D")
-NORMS = 5  # index of the first gradient norm in STAT_NAMES
 
 
 def _call(net, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
@@ -53,11 +52,47 @@ def r1_penalty(grad: torch.Tensor) -> torch.Tensor:
     return grad.float().square().sum(dim=tuple(range(1, grad.ndim))).mean()
 
 
+class RunningMeans:
+    """Named statistics summed on the device between two reads: adding never reads.
+
+    ``add`` takes a phase's statistics as one tensor, so the names a phase adds must be
+    neighbours in ``names``; each comes with a flag (0 or 1) that leaves it out, count
+    and all: a loss that was not finite, the gradient norm of a skipped step.
+    """
+
+    def __init__(self, names: tuple[str, ...], device: torch.device):
+        self.names = names
+        self.sums = torch.zeros(len(names), device=device)
+        self.counts = torch.zeros(len(names), device=device)
+
+    def add(self, names: tuple[str, ...], values: torch.Tensor, left_out: torch.Tensor) -> None:
+        i = self.names.index(names[0])
+        if self.names[i:i + len(names)] != names:
+            raise ValueError(f"statistics {names} are not neighbours in {self.names}")
+        self.sums[i:i + len(names)] += values.masked_fill(left_out.bool(), 0.0)
+        self.counts[i:i + len(names)] += 1.0 - left_out
+
+    def take(self) -> torch.Tensor:
+        """The sums and counts so far (to be reduced over ranks, then read); reset."""
+        totals = torch.cat([self.sums, self.counts])
+        self.sums.zero_()
+        self.counts.zero_()
+        return totals
+
+    def means(self, totals: list[float]) -> dict[str, float]:
+        """{name: mean} of ``take()``'s totals, in STAT_NAMES order, for the statistics
+        added at least once (R1 may not have run, or every step may have been skipped)."""
+        n = len(self.names)
+        got = {name: (totals[k], totals[n + k]) for k, name in enumerate(self.names)}
+        return {name: got[name][0] / got[name][1] for name in STAT_NAMES if got[name][1]}
+
+
 @dataclass
 class Phase:
     name: str
     interval: int
     run: Callable[[dict], None]
+    engine: Engine  # the network it updates
 
 
 class GANStep:
@@ -70,16 +105,17 @@ class GANStep:
         self.dist, self.device, self.precision = dist, dist.device, precision
         self.accum = accum
         self.r1_gamma, self.r1_interval = r1_gamma, r1_interval
-        self.phases = [Phase("D main", 1, self.d_main)]
+        self.phases = [Phase("D main", 1, self.d_main, D)]
         if r1_gamma > 0:
-            self.phases.append(Phase("D reg", r1_interval, self.d_reg))
-        self.phases.append(Phase("G main", 1, self.g_main))
-        self.stat_sum = torch.zeros(len(STAT_NAMES), device=self.device)
-        self.stat_count = [0] * len(STAT_NAMES)  # known on the host: no sync to read
-        # steps whose gradient norm was finite (an fp16 overflow's is not): on the device
-        self.finite_norms = torch.zeros(len(STAT_NAMES) - NORMS, device=self.device)
-        self.nonfinite_skips = 0  # micro-batches dropped on every rank for a NaN/Inf loss
-        self.step_index = 0
+            self.phases.append(Phase("D reg", r1_interval, self.d_reg, D))
+        self.phases.append(Phase("G main", 1, self.g_main, G))
+        # each phase's statistics side by side (RunningMeans.add)
+        self.stats = RunningMeans(("loss_D", "D(x)", "D(G(z))", "grad_D", "r1", "loss_G",
+                                   "grad_G"), self.device)
+        # optimizer steps skipped on every rank for a NaN/Inf, cumulative; and whether
+        # the last step skipped any: device values, read when the loop logs
+        self.nonfinite_skips = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.nonfinite = torch.zeros((), device=self.device)
 
     def autocast(self):
         return autocast(self.precision, self.device)
@@ -88,16 +124,20 @@ class GANStep:
                  c: torch.Tensor | None = None) -> None:
         """One training step on this rank's ``real`` images and latents ``z`` (and, for a
         conditional GAN, one-hot labels ``c``: the real images', also given to G)."""
-        self.step_index = step
         cs = c.chunk(self.accum) if c is not None else [None] * self.accum
         micro = list(zip(real.chunk(self.accum), z.chunk(self.accum), cs))
         ctx: dict = {"micro": micro}
         if self.accum == 1:
             with self.autocast():
                 ctx["fake"] = [_call(self.G.wrapped, micro[0][1], micro[0][2])]
+        nonfinite = []
         for phase in self.phases:
             if step % phase.interval == 0:
                 phase.run(ctx)
+                nonfinite.append(phase.engine.nonfinite)
+        nonfinite = torch.stack(nonfinite)
+        self.nonfinite_skips += nonfinite.sum()
+        self.nonfinite = nonfinite.amax()
 
     def _fake(self, ctx: dict, i: int) -> torch.Tensor:
         """Micro-batch i's G(z) for D's update: no graph into G either way."""
@@ -107,18 +147,9 @@ class GANStep:
         with torch.no_grad(), self.autocast():
             return _call(self.G.module, z, c)
 
-    def _finite(self, loss: torch.Tensor, phase: str) -> bool:
-        bad = nonfinite_ranks(loss, self.dist)
-        if bad:
-            self.nonfinite_skips += 1
-            if self.dist.is_main:
-                log.warning("step %d: non-finite %s loss on rank(s) %s: every rank skips "
-                            "this micro-batch", self.step_index, phase,
-                            ", ".join(map(str, bad)))
-        return not bad
-
     def d_main(self, ctx: dict) -> None:
         D, last = self.D, self.accum - 1
+        total = None
         for i, (real, _, c) in enumerate(ctx["micro"]):
             fake = self._fake(ctx, i)
             with D.sync(i == last):
@@ -126,85 +157,99 @@ class GANStep:
                     real_logits = _call(D.wrapped, self.aug(real), c)
                     fake_logits = _call(D.wrapped, self.aug(fake), c)
                 loss, d_real, d_fake = kernels.gan_d_loss(real_logits, fake_logits)
-                if self._finite(loss, "D"):
-                    D.backward(loss, i)
-                    self._record((0, 2, 3), (loss.detach(), d_real, d_fake))
-                else:
-                    D.drop(i)
-        D.step(measure=True)
-        self._record_norm(6, D)
+                D.backward(loss, i)
+            total = _sum(total, torch.stack((loss.detach(), d_real, d_fake)))
+        D.step()
+        self._record(("loss_D", "D(x)", "D(G(z))"), total, D)
 
     def d_reg(self, ctx: dict) -> None:
         D = self.D
         # Under fp16 R1 runs in fp32: fp16's range is too narrow for the second
         # derivative of BatchNorm (NaN in the first layers' gradients even unscaled).
         precision = "fp32" if self.precision == "fp16" else self.precision
+        total = None
         for i, (real, _, c) in enumerate(ctx["micro"]):
             real = real.detach().requires_grad_(True)
             with autocast(precision, self.device):
                 logits = _call(D.module, self.aug(real), c)  # penalty on the image itself
             (grad,) = torch.autograd.grad(logits.float().sum(), real, create_graph=True)
             penalty = r1_penalty(grad)
-            if self._finite(penalty, "R1"):
-                D.backward(penalty * (self.r1_gamma / 2 * self.r1_interval), i, wrapped=False)
-                self._record((4,), (penalty.detach(),))
-            else:
-                D.drop(i)
+            D.backward(penalty * (self.r1_gamma / 2 * self.r1_interval), i, wrapped=False)
+            total = _sum(total, penalty.detach().reshape(1))
         D.step()
+        self._record(("r1",), total, D, norm=False)
 
     def g_main(self, ctx: dict) -> None:
         G, last = self.G, self.accum - 1
         D = self.D.module  # frozen and unwrapped: see engines.py
         D.requires_grad_(False)
         try:
+            total = None
             for i, (_, z, c) in enumerate(ctx["micro"]):
                 with G.sync(i == last):
                     with self.autocast():
                         fake = ctx["fake"][i] if "fake" in ctx else _call(G.wrapped, z, c)
                         fake_logits = _call(D, self.aug(fake), c)
                     loss = kernels.gan_g_loss(fake_logits)
-                    if self._finite(loss, "G"):
-                        G.backward(loss, i)
-                        self._record((1,), (loss.detach(),))
-                    else:
-                        G.drop(i)
-            G.step(measure=True)
-            self._record_norm(5, G)
+                    G.backward(loss, i)
+                total = _sum(total, loss.detach().reshape(1))
+            G.step()
+            self._record(("loss_G",), total, G)
         finally:
             D.requires_grad_(True)
 
-    def _record(self, idx: tuple[int, ...], values: tuple[torch.Tensor, ...]) -> None:
-        for k, v in zip(idx, values):
-            self.stat_sum[k] += v.float()
-            self.stat_count[k] += 1
-
-    def _record_norm(self, k: int, engine: Engine) -> None:
-        """The phase's gradient norm; left out when not finite (a dropped or fp16
-        overflow step), since one inf would make the whole record's mean inf."""
-        if engine.grad_norm is not None:
-            norm = engine.grad_norm.float()
-            finite = torch.isfinite(norm)
-            self.stat_sum[k] += torch.where(finite, norm, 0.0)
-            self.finite_norms[k - NORMS] += finite
-            self.stat_count[k] += 1
+    def _record(self, names: tuple[str, ...], total: torch.Tensor, engine: Engine, *,
+                norm: bool = True) -> None:
+        """A phase's statistics (``total``: summed over its micro-batches; left out when
+        some rank's loss was not finite), and the gradient norm of its step (left out
+        when the step was skipped) unless ``norm`` is False or DeepSpeed reports none."""
+        values = total / self.accum if self.accum > 1 else total
+        left_out = engine.loss_bad.expand(len(names))
+        if norm and engine.grad_norm is not None:
+            names += (f"grad_{engine.name}",)
+            values = torch.cat([values, engine.grad_norm.reshape(1).float()])
+            left_out = torch.cat([left_out, engine.skipped.reshape(1)])
+        self.stats.add(names, values, left_out)
 
     def skip_counts(self) -> list[int]:
-        """[non-finite micro-batches dropped, G overflow skips, D overflow skips], totals."""
-        return [self.nonfinite_skips, self.G.overflow_skips, self.D.overflow_skips]
+        """[optimizer steps skipped for a NaN/Inf, G's fp16 overflow skips, D's], totals
+        (a read of the device: for the loop's boundaries)."""
+        counts = torch.stack([self.nonfinite_skips, self.G.overflow_skips,
+                              self.D.overflow_skips])
+        return [int(n) for n in counts.tolist()]
 
-    def take_stats(self) -> tuple[list[str], torch.Tensor]:
-        """(names, means) of the statistics recorded since the last call, then reset.
+    def load_skip_counts(self, counts: list[int]) -> None:
+        for total, n in zip((self.nonfinite_skips, self.G.overflow_skips,
+                             self.D.overflow_skips), counts):
+            total.fill_(n)
 
-        Only statistics recorded at least once are returned (R1 may not have run, or
-        every loss may have been non-finite); the names are the same on every rank,
-        since drops are decided together, so the means can be all-reduced as they are.
-        """
-        names = [n for n, c in zip(STAT_NAMES, self.stat_count) if c]
-        idx = [i for i, c in enumerate(self.stat_count) if c]
-        count = torch.tensor(self.stat_count, dtype=torch.float32, device=self.device)
-        count[NORMS:] = self.finite_norms.clamp(min=1)
-        means = self.stat_sum[idx] / count[idx]
-        self.stat_sum = torch.zeros_like(self.stat_sum)
-        self.stat_count = [0] * len(STAT_NAMES)
-        self.finite_norms = torch.zeros_like(self.finite_norms)
-        return names, means
+    def take_stats(self) -> dict[str, float]:
+        """{name: mean over ranks} of the statistics recorded since the last call, then
+        reset (one all-reduce, one read)."""
+        return self.stats.means(all_reduce_sum(self.stats.take(), self.dist).tolist())
+
+
+def _sum(total: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+    return value if total is None else total + value
+
+
+class NonfiniteStreak:
+    """Consecutive steps in which some phase was skipped for a NaN/Inf, counted on the
+    device: ``length``, and ``reached_at``, the step at which it first reached
+    ``limit`` (0: not yet). The loop reads them at its boundaries (``read``)."""
+
+    def __init__(self, limit: int, device: torch.device):
+        self.limit = limit
+        self.length = torch.zeros((), device=device)
+        self.reached_at = torch.zeros((), dtype=torch.float64, device=device)
+
+    def update(self, nonfinite: torch.Tensor, step: int) -> None:
+        """After each step, with the step's any-phase-skipped flag (0 or 1)."""
+        self.length.add_(1.0).mul_(nonfinite)
+        first = (self.length >= self.limit) & (self.reached_at == 0)
+        self.reached_at = torch.where(first, step, self.reached_at)
+
+    def read(self) -> tuple[int, int]:
+        """(length, reached_at) on the host."""
+        length, reached = torch.stack([self.length.double(), self.reached_at]).tolist()
+        return int(length), int(reached)
