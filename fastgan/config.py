@@ -112,6 +112,13 @@ class RunConfig:
     deterministic: bool = opt(False, "deterministic algorithms only (slower on GPUs): a "
                               "run stopped and resumed is then bitwise the run that never "
                               "stopped")
+    compile: bool = opt(False, "torch.compile G and D for the main phases (lazy R1 runs "
+                        "the same weights eagerly: compile cannot differentiate twice); "
+                        "the first steps compile, for seconds to minutes")
+    compile_mode: str = opt("default", "torch.compile's mode for --compile: "
+                            "reduce-overhead adds CUDA graphs on GPUs",
+                            choices=("default", "reduce-overhead", "max-autotune",
+                                     "max-autotune-no-cudagraphs"))
     max_nonfinite: int = opt(20, "stop the run after this many consecutive steps with a "
                              "NaN/Inf loss (the last good checkpoint is kept)")
 
@@ -396,6 +403,8 @@ def validate(cfg: TrainConfig, points: bool) -> None:
         need(ds.strategy == "deepspeed", "--deepspeed-config", "needs --strategy deepspeed")
         need(os.path.isfile(ds.deepspeed_config), "--deepspeed-config",
              f"no such file: {ds.deepspeed_config}")
+    need(not r.compile or ds.strategy != "deepspeed", "--compile", "not supported under "
+         "--strategy deepspeed (its engine owns the forward); use --strategy ddp or none")
     need(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"),
          "--device", f"must be auto, cpu or cuda[:N], got {r.device!r}")
 

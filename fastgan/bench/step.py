@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,8 @@ class StepBenchOptions:
     baseline: bool = True
     device: str = "auto"
     json: str | None = None
+    compile: bool = False
+    compile_mode: str = "default"
 
 
 def _validate(o: StepBenchOptions) -> None:
@@ -90,6 +93,9 @@ def _validate(o: StepBenchOptions) -> None:
         raise UserError(f"--precision: {o.precision!r} is not one of auto, fp32, bf16, fp16")
     if o.seconds <= 0:
         raise UserError(f"--seconds: must be > 0, got {o.seconds}")
+    if o.compile and o.strategy == "deepspeed":
+        raise UserError("--compile: not supported under --strategy deepspeed (its engine "
+                        "owns the forward); use --strategy ddp or none")
 
 
 @contextlib.contextmanager
@@ -196,10 +202,14 @@ def _run(o: StepBenchOptions, d: distributed.Dist) -> dict:
     width = o.width or (64 if images else 400)
     g_kw, d_kw = models.model_kwargs(o.arch, res=o.res, z_dim=z_dim, width=width)
     per_rank = o.batch // d.world
-    gan = build_gan(o.arch, g_kw, d_kw, images=images, dist=d, opts=engines.EngineOptions(
-        strategy=strategy, precision=precision, micro_batch=per_rank // o.accum,
-        accum=o.accum, grad_clip=0.0, zero=o.zero), lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999),
-        seed=0, **_regularisation(o))
+
+    def build(compile_mode: str | None):
+        return build_gan(o.arch, g_kw, d_kw, images=images, dist=d, opts=engines.EngineOptions(
+            strategy=strategy, precision=precision, micro_batch=per_rank // o.accum,
+            accum=o.accum, grad_clip=0.0, zero=o.zero, compile_mode=compile_mode),
+            lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), seed=0, **_regularisation(o))
+
+    gan = build(None)
     shape = (per_rank, 3, o.res, o.res) if images else (per_rank, 2)
 
     def real_batch(n: int) -> torch.Tensor:
@@ -210,6 +220,17 @@ def _run(o: StepBenchOptions, d: distributed.Dist) -> dict:
     fastgan_step = TrainingStep(gan.step, real, z_dim, o.batch)
     sync = torch.cuda.synchronize if d.device.type == "cuda" else (lambda: None)
     meters = {"fastgan": Meter(fastgan_step, sync=sync)}
+    compile_s = None
+    if o.compile:
+        compiled_step = TrainingStep(build(o.compile_mode).step, real, z_dim, o.batch)
+        meters["fastgan --compile"] = Meter(compiled_step, sync=sync)
+        # the first step compiles the phases' graphs; its time beyond a step's is the
+        # cost of compiling (recompiles, if any, come later and are not in it)
+        sync()
+        start = time.perf_counter()
+        compiled_step()
+        sync()
+        compile_s = time.perf_counter() - start
     flops = None
     if o.baseline and d.is_main:
         classic = ClassicStep(o.arch, g_kw, d_kw, d.device, z_dim)
@@ -254,14 +275,15 @@ def _run(o: StepBenchOptions, d: distributed.Dist) -> dict:
         meter.measure_steps(2)
     # The same rows, turn length and sequence of barriers on every rank, whatever rows
     # rank 0 alone measures.
-    rows = ["fastgan", *(["baseline"] if o.baseline else []),
+    rows = ["fastgan", *(["fastgan --compile"] if o.compile else []),
+            *(["baseline"] if o.baseline else []),
             *(["fastgan + loader"] if o.data else []),
             *(["baseline + folder"] if o.folder and o.baseline else [])]
     turn = o.seconds / (len(rows) * ROUNDS)
     counts = {}
     for name, meter in meters.items():
         per_step = torch.tensor([meter.seconds / 2], device=d.device)
-        if name == "fastgan":
+        if name.startswith("fastgan"):
             per_step = distributed.all_reduce_mean(per_step, d)
         counts[name] = max(2, round(turn / per_step.item()))
         meter.reset()
@@ -282,6 +304,11 @@ def _run(o: StepBenchOptions, d: distributed.Dist) -> dict:
         "host_ms": meters["fastgan"].host_ms,
         "device_ms": device_ms(fastgan_step, d.device),
         "syncs_per_step": counted.total_reads / cycle,
+        "compile_img_s": meters["fastgan --compile"].rate if o.compile else None,
+        "compile_host_ms": meters["fastgan --compile"].host_ms if o.compile else None,
+        "compile_s": (compile_s - meters["fastgan --compile"].seconds
+                      / meters["fastgan --compile"].steps) if o.compile else None,
+        "compile_mode": o.compile_mode if o.compile else None,
         "ops_per_step": counted.ops / cycle,
         "baseline_ops_per_step": count_calls(meters["baseline"].take, 1).ops
         if "baseline" in meters else None,
@@ -310,6 +337,8 @@ def table(r: dict) -> str:
              f"{r['batch']} over {r['world']} rank(s), {r['device']}",
              f"{'':44s}{'img/s':>9s}{'vs baseline':>13s}{'TFLOP/s':>9s}"]
     rows = [(f"fastgan ({r['strategy']}, {r['precision']})", r["img_s"])]
+    if r.get("compile_img_s"):
+        rows.append((f"fastgan --compile ({r['compile_mode']})", r["compile_img_s"]))
     if r["baseline_img_s"]:
         rows.append(("baseline (classic eager step, fp32, 1 proc)", r["baseline_img_s"]))
     if r.get("loader_img_s"):
@@ -321,6 +350,9 @@ def table(r: dict) -> str:
         tflops = f"{v * r['flops_per_img'] / 1e12:9.3f}" if r["flops_per_img"] else ""
         lines.append(f"{name:44s}{v:9.1f}{ratio}{tflops}")
     device = f", device {r['device_ms']:.2f} ms" if r.get("device_ms") is not None else ""
+    if r.get("compile_img_s"):
+        lines.append(f"fastgan --compile: compiling took {r['compile_s']:.1f} s; per step: "
+                     f"host {r['compile_host_ms']:.2f} ms")
     lines.append(f"fastgan: {r['sec_per_kimg']:.1f} s/kimg; per step: host {r['host_ms']:.2f} ms"
                  f"{device}, {r['syncs_per_step']:g} host reads of device values, "
                  f"{r['ops_per_step']:.0f} ops dispatched"
@@ -362,6 +394,13 @@ def main_args(sub) -> None:
                    help="skip the classic eager step")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: auto)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--compile", action="store_true",
+                   help="also measure the step with G and D torch.compile'd (fastgan train "
+                   "--compile), and the time its first step spends compiling")
+    p.add_argument("--compile-mode", default="default",
+                   choices=("default", "reduce-overhead", "max-autotune",
+                            "max-autotune-no-cudagraphs"),
+                   help="torch.compile's mode for --compile (default: default)")
 
 
 def from_args(args) -> StepBenchOptions:

@@ -78,6 +78,7 @@ class EngineOptions:
     grad_clip: float
     zero: int = 1
     deepspeed_config: str | None = None
+    compile_mode: str | None = None  # torch.compile's mode for --compile; None: eager
 
 
 class Engine:
@@ -120,6 +121,14 @@ class Engine:
             self.wrapped = _deepspeed_engine(name, module, optimizer, opts, dist)
         else:
             self.wrapped = module
+        # What the phases call: ``forward`` through the wrapper (the network's own
+        # phase) and ``plain_forward``, the plain module (D, frozen, in G's phase).
+        # --compile compiles both; R1 calls ``module`` itself, eagerly, on the same
+        # weights: torch.compile cannot differentiate twice (pytorch #91469).
+        self.forward, self.plain_forward = self.wrapped, module
+        if opts.compile_mode is not None:
+            self.forward = torch.compile(self.wrapped, mode=opts.compile_mode)
+            self.plain_forward = torch.compile(module, mode=opts.compile_mode)
         if opts.precision == "fp16" and opts.strategy != "deepspeed":
             # one scaler per network: G's and D's gradients differ in scale by orders of
             # magnitude, and an overflow in one must not shrink the other's scale

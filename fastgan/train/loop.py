@@ -100,6 +100,12 @@ def _deterministic() -> None:
     # takes 2 GB gradient buckets with torch.empty each step (20 s a run here)
     torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.benchmark = False
+    # --compile: compiled random ops (StyleGAN2's noise) draw from the same generators as
+    # eager ops, in the same order, and no kernel choice depends on a timing
+    from torch._inductor import config as inductor
+
+    inductor.fallback_random = True
+    inductor.deterministic = True
 
 
 def _on_main(fn, d: distributed.Dist):
@@ -180,7 +186,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
                     opts=engines.EngineOptions(
                         strategy=strategy, precision=precision, micro_batch=micro,
                         accum=accum, grad_clip=cfg.dist.grad_clip, zero=cfg.dist.zero,
-                        deepspeed_config=cfg.dist.deepspeed_config),
+                        deepspeed_config=cfg.dist.deepspeed_config,
+                        compile_mode=cfg.run.compile_mode if cfg.run.compile else None),
                     lr_g=cfg.optim.lr_g, lr_d=cfg.optim.lr_d,
                     betas=(cfg.optim.beta1, cfg.optim.beta2), seed=cfg.run.seed,
                     r1_gamma=cfg.optim.r1_gamma, r1_interval=cfg.optim.r1_interval,

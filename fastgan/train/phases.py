@@ -129,7 +129,7 @@ class GANStep:
         ctx: dict = {"micro": micro}
         if self.accum == 1:
             with self.autocast():
-                ctx["fake"] = [_call(self.G.wrapped, micro[0][1], micro[0][2])]
+                ctx["fake"] = [_call(self.G.forward, micro[0][1], micro[0][2])]
         nonfinite = []
         for phase in self.phases:
             if step % phase.interval == 0:
@@ -145,7 +145,7 @@ class GANStep:
             return ctx["fake"][i].detach()
         _, z, c = ctx["micro"][i]
         with torch.no_grad(), self.autocast():
-            return _call(self.G.module, z, c)
+            return _call(self.G.plain_forward, z, c)
 
     def d_main(self, ctx: dict) -> None:
         D, last = self.D, self.accum - 1
@@ -154,8 +154,8 @@ class GANStep:
             fake = self._fake(ctx, i)
             with D.sync(i == last):
                 with self.autocast():
-                    real_logits = _call(D.wrapped, self.aug(real), c)
-                    fake_logits = _call(D.wrapped, self.aug(fake), c)
+                    real_logits = _call(D.forward, self.aug(real), c)
+                    fake_logits = _call(D.forward, self.aug(fake), c)
                 loss, d_real, d_fake = kernels.gan_d_loss(real_logits, fake_logits)
                 D.backward(loss, i)
             total = _sum(total, torch.stack((loss.detach(), d_real, d_fake)))
@@ -181,14 +181,14 @@ class GANStep:
 
     def g_main(self, ctx: dict) -> None:
         G, last = self.G, self.accum - 1
-        D = self.D.module  # frozen and unwrapped: see engines.py
-        D.requires_grad_(False)
+        D = self.D.plain_forward  # frozen and unwrapped: see engines.py
+        self.D.module.requires_grad_(False)
         try:
             total = None
             for i, (_, z, c) in enumerate(ctx["micro"]):
                 with G.sync(i == last):
                     with self.autocast():
-                        fake = ctx["fake"][i] if "fake" in ctx else _call(G.wrapped, z, c)
+                        fake = ctx["fake"][i] if "fake" in ctx else _call(G.forward, z, c)
                         fake_logits = _call(D, self.aug(fake), c)
                     loss = kernels.gan_g_loss(fake_logits)
                     G.backward(loss, i)
@@ -196,7 +196,7 @@ class GANStep:
             G.step()
             self._record(("loss_G",), total, G)
         finally:
-            D.requires_grad_(True)
+            self.D.module.requires_grad_(True)
 
     def _record(self, names: tuple[str, ...], total: torch.Tensor, engine: Engine, *,
                 norm: bool = True) -> None:
