@@ -22,6 +22,15 @@ def test_shapes_are_deterministic_and_cover_16_modes():
     assert not np.array_equal(a[0], a[16])
 
 
+@pytest.mark.parametrize("res", [8, 16])
+def test_shapes_fit_small_resolutions(res):
+    """At 8x8 the shapes leave no room for a border pixel: they touch the edge instead
+    of failing to be placed (this raised in numpy before)."""
+    images, modes = _real(64, res)
+    assert images.shape == (64, res, res, 3) and set(modes.tolist()) == set(range(16))
+    assert all((img != builtin.BACKGROUND).any() for img in images)  # a shape in each
+
+
 @pytest.mark.parametrize("res", [32, 64])
 def test_oracle_recognises_real_images(res):
     images, modes = _real(512, res)

@@ -93,7 +93,7 @@ def shapes_sample(index: int, res: int, seed: int = 0) -> tuple[np.ndarray, int]
     mode = index % N_SHAPE_MODES
     shape_i, colour_i = divmod(mode, len(COLOURS))
     half = rng.uniform(*SIZE_RANGE) * res / 2
-    margin = half + 1.0
+    margin = min(half + 1.0, res / 2)  # a pixel of border, where the image has room for it
     cx, cy = rng.uniform(margin, res - margin, size=2)
     image = draw_shape(res, SHAPES[shape_i], list(COLOURS.values())[colour_i], cx, cy, half)
     return image, mode
