@@ -94,9 +94,19 @@ def blur_shifted(x: torch.Tensor, pad: int, gain: float = 1.0,
 
 
 def upsample2d(x: torch.Tensor) -> torch.Tensor:
-    """2x upsampling with the low-pass filter (gain 4): what a stride-2 transposed
-    convolution with it computes (zero insertion, then filtering), in its polyphase
-    form: per axis, output 2m = (3 x[m] + x[m-1]) / 4 and 2m+1 = (3 x[m] + x[m+1]) / 4."""
+    """2x upsampling with the low-pass filter (gain 4): a stride-2 transposed convolution
+    with it (zero insertion, then filtering). As for ``blur``: on CPUs oneDNN's depthwise
+    convolution (one op each way), on GPUs the polyphase form (``upsample2d_polyphase``)."""
+    if x.device.type == "cuda":
+        return upsample2d_polyphase(x)
+    c = x.shape[1]
+    f = _lowpass_2d(4.0, x.device, x.dtype).expand(c, 1, 4, 4)
+    return F.conv_transpose2d(x, f, stride=2, padding=1, groups=c)
+
+
+def upsample2d_polyphase(x: torch.Tensor) -> torch.Tensor:
+    """``upsample2d`` in polyphase form: per axis, output 2m = (3 x[m] + x[m-1]) / 4 and
+    2m+1 = (3 x[m] + x[m+1]) / 4 (elementwise work at memory speed)."""
     for dim in (3, 2):
         n = x.shape[dim]
         pad = [0, 0, 0, 0]
@@ -135,20 +145,35 @@ def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
 
 
+# Activations with act(g u) = g act(u) for g > 0: a layer's run-time weight gain can then
+# scale the product's output (or ride in bias_act's gain) instead of the whole weight
+# tensor, saving an elementwise pass over the weights forward and backward.
+_HOMOGENEOUS = ("linear", "relu", "lrelu")
+
+
 class EqualLinear(nn.Module):
     """Fully connected, equalised learning rate: weight N(0, 1/lr_mul^2) scaled by
-    lr_mul / sqrt(in) at run time, bias scaled by lr_mul."""
+    lr_mul / sqrt(in) at run time, bias scaled by lr_mul; the output times ``out_gain``
+    (the modulation's own weight gain, folded in)."""
 
     def __init__(self, in_features: int, out_features: int, act: str = "linear",
-                 lr_mul: float = 1.0, bias_init: float = 0.0):
+                 lr_mul: float = 1.0, bias_init: float = 0.0, out_gain: float = 1.0):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
         self.bias = nn.Parameter(torch.full([out_features], float(bias_init)))
-        self.weight_gain = lr_mul / math.sqrt(in_features)
-        self.bias_gain = lr_mul
+        self.weight_gain = lr_mul / math.sqrt(in_features) * out_gain
+        self.bias_gain = lr_mul * out_gain
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act == "linear":  # one op: b * bias_gain + weight_gain * x W^T
+            return torch.addmm(self.bias * self.bias_gain, x, self.weight.t(),
+                               alpha=self.weight_gain)
+        if self.act in _HOMOGENEOUS:  # act(g xW + b') = g act(xW + b' / g)
+            return kernels.bias_act(F.linear(x, self.weight),
+                                    self.bias * (self.bias_gain / self.weight_gain), dim=1,
+                                    act=self.act, gain=kernels.ACTIVATIONS[self.act].def_gain
+                                    * self.weight_gain)
         x = F.linear(x, self.weight * self.weight_gain)
         return kernels.bias_act(x, self.bias * self.bias_gain, dim=1, act=self.act)
 
@@ -166,14 +191,20 @@ class EqualConv2d(nn.Module):
         self.act, self.down, self.clamp, self.kernel = act, down, clamp, kernel
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-        w = self.weight * self.weight_gain
+        # act(g conv(x, W) + b) = g act(conv(x, W) + b / g): see _HOMOGENEOUS
+        folded = self.act in _HOMOGENEOUS
+        w = self.weight if folded else self.weight * self.weight_gain
         if self.down:  # filter, then a stride-2 convolution: output exactly half the size
             x = F.conv2d(blur(x, pad=(self.kernel + 1) // 2), w, stride=2)
         else:
             x = F.conv2d(x, w, padding=self.kernel // 2)
         act_gain = kernels.ACTIVATIONS[self.act].def_gain * gain
         clamp = self.clamp * gain if self.clamp is not None else None
-        return kernels.bias_act(x, self.bias, dim=1, act=self.act, gain=act_gain, clamp=clamp)
+        bias = self.bias
+        if folded:
+            act_gain *= self.weight_gain
+            bias = bias * (1 / self.weight_gain) if bias is not None else None
+        return kernels.bias_act(x, bias, dim=1, act=self.act, gain=act_gain, clamp=clamp)
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, *,
@@ -203,24 +234,21 @@ class SynthesisLayer(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
                  up: bool = False, clamp: float | None = None):
         super().__init__()
-        self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)
+        # the styles come out scaled by the convolution's weight gain, 1 / sqrt(fan_in)
+        self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0,
+                                  out_gain=1 / math.sqrt(in_channels * 9))
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         # shape [1], not a scalar: DeepSpeed's parameter broadcast cannot view a 0-d tensor
         self.noise_strength = nn.Parameter(torch.zeros([1]))
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
-        self.weight_gain = 1 / math.sqrt(in_channels * 9)
         self.up, self.resolution, self.clamp = up, resolution, clamp
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random"):
-        styles = self.affine(w) * self.weight_gain
-        x = modulated_conv2d(x, self.weight, styles, up=self.up)
-        if noise_mode == "random":
-            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution,
-                                device=x.device, dtype=x.dtype)
-            x = x + noise * self.noise_strength.to(x.dtype)
-        elif noise_mode == "const":
-            x = x + (self.noise_const * self.noise_strength).to(x.dtype)
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None):
+        """``noise``: per-pixel noise ([N, 1, R, R], or [R, R] for all samples), or None."""
+        x = modulated_conv2d(x, self.weight, self.affine(w), up=self.up)
+        if noise is not None:
+            x = torch.addcmul(x, noise.to(x.dtype), self.noise_strength.to(x.dtype))
         return kernels.bias_act(x, self.bias, dim=1, act="lrelu", clamp=self.clamp)
 
 
@@ -228,15 +256,14 @@ class ToRGB(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, w_dim: int,
                  clamp: float | None = None):
         super().__init__()
-        self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)
+        self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0,
+                                  out_gain=1 / math.sqrt(in_channels))
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 1, 1))
         self.bias = nn.Parameter(torch.zeros(out_channels))
-        self.weight_gain = 1 / math.sqrt(in_channels)
         self.clamp = clamp
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        styles = self.affine(w) * self.weight_gain
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False)
+        x = modulated_conv2d(x, self.weight, self.affine(w), demodulate=False)
         return kernels.bias_act(x, self.bias, dim=1, clamp=self.clamp)
 
 
@@ -264,7 +291,9 @@ class MappingNetwork(nn.Module):
         self.register_buffer("w_avg", torch.zeros(w_dim))
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None,
-                truncation_psi: float = 1.0) -> torch.Tensor:
+                truncation_psi: float = 1.0, broadcast: bool = True) -> torch.Tensor:
+        """w for every synthesis layer: [N, num_ws, w_dim] (a broadcast view), or with
+        ``broadcast`` False the one w they share, [N, w_dim]."""
         x = normalize_2nd_moment(z.float())
         if self.embed is not None:
             if c is None:
@@ -275,10 +304,9 @@ class MappingNetwork(nn.Module):
         if self.training:  # the running mean of w, for the truncation trick
             with torch.no_grad():
                 self.w_avg.copy_(x.detach().float().mean(0).lerp(self.w_avg, self.w_avg_beta))
-        ws = x.unsqueeze(1).repeat(1, self.num_ws, 1)
         if truncation_psi != 1.0:
-            ws = self.w_avg.to(ws.dtype).lerp(ws, truncation_psi)
-        return ws
+            x = self.w_avg.to(x.dtype).lerp(x, truncation_psi)
+        return x.unsqueeze(1).expand(-1, self.num_ws, -1) if broadcast else x
 
 
 class SynthesisNetwork(nn.Module):
@@ -302,16 +330,29 @@ class SynthesisNetwork(nn.Module):
         self.num_ws = sum(len(c) for c in self.convs) + 1
 
     def forward(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
-        x = self.const.to(ws.dtype).unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
+        """``ws``: a w per layer, [N, num_ws, w_dim], or one for all of them, [N, w_dim]
+        (no per-layer copies to differentiate). ``noise_mode``: random, const or none."""
+        n = ws.shape[0]
+        x = self.const.to(ws.dtype).unsqueeze(0).expand(n, -1, -1, -1)
+        layers = [conv for convs in self.convs for conv in convs]
+        if noise_mode == "random":  # one draw for every layer's noise
+            sizes = [layer.resolution ** 2 for layer in layers]
+            draw = torch.randn(n, sum(sizes), device=ws.device, dtype=ws.dtype)
+            noise = [part.view(n, 1, layer.resolution, layer.resolution)
+                     for part, layer in zip(draw.split(sizes, dim=1), layers)]
+        elif noise_mode == "const":
+            noise = [layer.noise_const for layer in layers]
+        else:
+            noise = [None] * len(layers)
         img = None
         i = 0
         for r, convs, torgb in zip(self.resolutions, self.convs, self.torgbs):
             with precision_scope(x, r >= self.fp16_res):
                 x, w = as_block_input(x), as_block_input(ws)
                 for conv in convs:
-                    x = conv(x, w[:, i], noise_mode)
+                    x = conv(x, w[:, i] if w.ndim == 3 else w, noise[i])
                     i += 1
-                y = torgb(x, w[:, i]).float()
+                y = torgb(x, w[:, i] if w.ndim == 3 else w).float()
             img = y if img is None else upsample2d(img) + y
         return img
 
@@ -330,7 +371,7 @@ class StyleGAN2Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None,
                 truncation_psi: float = 1.0, noise_mode: str = "random") -> torch.Tensor:
-        return self.synthesis(self.mapping(z, c, truncation_psi), noise_mode)
+        return self.synthesis(self.mapping(z, c, truncation_psi, broadcast=False), noise_mode)
 
 
 def minibatch_std(x: torch.Tensor, group_size: int = 4, num_channels: int = 1) -> torch.Tensor:
