@@ -301,14 +301,21 @@ def sync_buffers(module: nn.Module, dist: Dist) -> None:
 
 # ------------------------------------------------------------------ DeepSpeed
 
-def deepspeed_configs(opts: EngineOptions, world: int) -> dict[str, dict]:
+def deepspeed_configs(opts: EngineOptions, world: int, *, cpu: bool = False
+                      ) -> dict[str, dict]:
     """The config of each network's engine: fastgan's flags, then the user's shared block,
-    then the user's block for that network (deep-merged, later wins)."""
+    then the user's block for that network (deep-merged, later wins). ``cpu``: the ranks
+    talk over gloo."""
+    zero = {"stage": opts.zero}
+    if cpu:
+        # gloo has no reduce-scatter: ZeRO then reduces every gradient slice to its owner
+        # with a collective of its own; one all-reduce per bucket is cheaper there
+        zero["reduce_scatter"] = False
     base = {
         "train_micro_batch_size_per_gpu": opts.micro_batch,
         "gradient_accumulation_steps": opts.accum,
         "train_batch_size": opts.micro_batch * opts.accum * world,
-        "zero_optimization": {"stage": opts.zero},
+        "zero_optimization": zero,
         "gradient_clipping": opts.grad_clip,
         # fastgan's own Adam (fused, one kernel for all tensors) with its per-network lr
         "zero_allow_untested_optimizer": True,
@@ -386,7 +393,7 @@ def _deepspeed_engine(name: str, module: nn.Module, optimizer: torch.optim.Optim
     for key, value in (("LOCAL_RANK", dist.local_rank), ("RANK", dist.rank),
                        ("WORLD_SIZE", dist.world)):
         os.environ.setdefault(key, str(value))
-    cfg = deepspeed_configs(opts, dist.world)[name]
+    cfg = deepspeed_configs(opts, dist.world, cpu=dist.device.type == "cpu")[name]
     try:
         engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=cfg,
                                                dist_init_required=False)
