@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# The GPU check, in one go (about 6 minutes on an H100). Stages, in order:
+# The GPU check, in one go (about 6 minutes on an H100 before the sync stage and the
+# --compile rows were added: not yet timed with them; GPU_CHECK_BUDGET cuts what does not
+# fit). Stages, in order:
 #   kernels  the kernel tests with Triton compiled for CUDA (not interpreted), the
 #            Triton-path training test, then `fastgan bench kernels`
-#   step     `fastgan bench step`: DCGAN 64 (batch 64) per precision, and StyleGAN2 256
-#            (batch 16, NVlabs' default at 256 on one GPU) in bf16 and fp16
+#   sync     launch/sync_check.py: steady-state training steps (DCGAN, StyleGAN2; fp32,
+#            bf16, fp16; --accum 2; --compile) under set_sync_debug_mode("error")
+#   step     `fastgan bench step`: DCGAN 64 (batch 64) per precision with --compile,
+#            StyleGAN2 256 (batch 16, NVlabs' default at 256 on one GPU) in bf16 with
+#            --compile and in fp16, DeepSpeed ZeRO-1 against none (DCGAN 64, batch 64)
 #   train    short `fastgan train` runs on the GPU (DCGAN, StyleGAN2, DeepSpeed with a
 #            resume) and `fastgan sample` from the result
 # Results go to $OUT (default ./gpu_check_out): summary.txt (the last thing printed) and
 # logs.tar.gz (every log and JSON). Each command has its own timeout; a failing stage
 # does not stop the next one, and the exit status says whether any failed.
-#   bash launch/gpu_check.sh [kernels] [step] [train]   # default: all three
+#   bash launch/gpu_check.sh [kernels] [sync] [step] [train]   # default: all four
 # fastgan must be importable (an editable install, as the README's).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +22,7 @@ OUT="${OUT:-gpu_check_out}"
 mkdir -p "$OUT/logs"
 LOGS="$OUT/logs"
 unset TRITON_INTERPRET FASTGAN_KERNELS  # compiled kernels on CUDA tensors
-stages="${*:-kernels step train}"
+stages="${*:-kernels sync step train}"
 status=0
 BUDGET="${GPU_CHECK_BUDGET:-480}"  # seconds for all commands; later ones are cut to fit
 run() {  # run NAME SECONDS CMD...: log to $LOGS/NAME.log, note pass/fail in the summary
@@ -51,17 +56,25 @@ kernels)
         "tests/test_phases.py::test_training_is_the_same_on_the_triton_path"
     run bench_kernels 150 python -m fastgan bench kernels --json "$LOGS/kernels.json"
     ;;
+sync)
+    FASTGAN_CACHE="$PWD/.gpu-cache" run sync_check 240 python launch/sync_check.py
+    ;;
 step)
     for p in fp32 bf16 fp16; do
-        run "step_dcgan64_$p" 90 python -m fastgan bench step --arch dcgan --res 64 \
-            --batch 64 --precision $p --seconds 12 --json "$LOGS/step_dcgan64_$p.json"
+        run "step_dcgan64_$p" 150 python -m fastgan bench step --arch dcgan --res 64 \
+            --batch 64 --precision $p --seconds 12 --compile --json "$LOGS/step_dcgan64_$p.json"
+    done
+    for s in none deepspeed; do
+        run "step_dcgan64_bf16_$s" 90 python -m fastgan bench step --arch dcgan --res 64 \
+            --batch 64 --precision bf16 --seconds 8 --no-baseline --strategy $s --zero 1 \
+            --json "$LOGS/step_dcgan64_bf16_$s.json"
     done
     run step_dcgan64_bf16_b512 90 python -m fastgan bench step --arch dcgan --res 64 \
         --batch 512 --precision bf16 --seconds 12 --json "$LOGS/step_dcgan64_bf16_b512.json"
-    for p in bf16 fp16; do
-        run "step_sg2_256_$p" 150 python -m fastgan bench step --arch stylegan2 --res 256 \
-            --batch 16 --precision $p --seconds 30 --json "$LOGS/step_sg2_256_$p.json"
-    done
+    run step_sg2_256_bf16 240 python -m fastgan bench step --arch stylegan2 --res 256 \
+        --batch 16 --precision bf16 --seconds 30 --compile --json "$LOGS/step_sg2_256_bf16.json"
+    run step_sg2_256_fp16 150 python -m fastgan bench step --arch stylegan2 --res 256 \
+        --batch 16 --precision fp16 --seconds 30 --json "$LOGS/step_sg2_256_fp16.json"
     run stylegan2_probe 150 python launch/stylegan2_probe.py
     ;;
 train)
@@ -91,7 +104,8 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("step_*.json")):
     r = json.loads(f.read_text())
     if r.get("flops_per_img"):
         r["tflop_s"] = r["flops_per_img"] * r["img_s"] / 1e12
-    keys = ("img_s", "baseline_img_s", "speedup", "sec_per_kimg", "tflop_s")
+    keys = ("img_s", "baseline_img_s", "speedup", "sec_per_kimg", "tflop_s", "host_ms",
+            "device_ms", "syncs_per_step", "ops_per_step", "compile_img_s", "compile_s")
     print(f.stem, " ".join(f"{k}={r[k]:.4g}" for k in keys if isinstance(r.get(k), (int, float))))
 PY
 echo "=== summary"
