@@ -239,3 +239,32 @@ def test_deepspeed_fp16_is_refused_in_one_line(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "--precision fp16: not supported under --strategy deepspeed" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_deepspeed_without_zero_skips_a_nan_step_on_the_device():
+    """ZeRO stage 0: the gradients sit in .grad after the engine's all-reduce, and the
+    fused Adam that DeepSpeed steps takes fastgan's skip flag: a NaN in D's loss leaves D
+    as it was (G steps), and D steps again after."""
+    d = distributed.init("cpu", group_of_one=True)
+    try:
+        torch.manual_seed(0)
+        G, D = MLPGenerator(z_dim=4, width=16), MLPDiscriminator(width=16)
+        opts = engines.EngineOptions(strategy="deepspeed", precision="fp32", micro_batch=8,
+                                     accum=1, grad_clip=0.0, zero=0)
+        G_e, D_e = engines.build(G, D, torch.optim.Adam(G.parameters(), 1e-2, fused=True),
+                                 torch.optim.Adam(D.parameters(), 1e-2, fused=True), opts, d)
+        step = GANStep(G_e, D_e, dist=d, precision="fp32")
+        real, z = torch.randn(8, 2), torch.randn(8, 4)
+        step(real, z, 1)
+        d_before = [p.detach().clone() for p in D.parameters()]
+        g_before = [p.detach().clone() for p in G.parameters()]
+        bad = real.clone()
+        bad[0, 0] = float("nan")
+        step(bad, z, 2)
+        assert all(torch.equal(a, b) for a, b in zip(d_before, D.parameters()))
+        assert any(not torch.equal(a, b) for a, b in zip(g_before, G.parameters()))
+        assert step.skip_counts() == [1, 0, 0]
+        step(real, z, 3)
+        assert any(not torch.equal(a, b) for a, b in zip(d_before, D.parameters()))
+    finally:
+        distributed.shutdown()

@@ -101,9 +101,7 @@ class Engine:
         self.accum = opts.accum
         self.scaler = None
         device = dist.device
-        # Cumulative counts on the device, read when the loop logs: optimizer steps
-        # skipped for a NaN/Inf loss or gradient, and fp16 loss-scaler overflows.
-        self.nonfinite_skips = torch.zeros((), dtype=torch.float64, device=device)
+        # fp16 loss-scaler overflows, cumulative, on the device (read when the loop logs)
         self.overflow_skips = torch.zeros((), dtype=torch.float64, device=device)
         # The last step's outcome, as float32 0/1 device flags: skipped at all; skipped
         # for a non-finite loss or gradient (not an fp16 overflow); some rank's loss was
@@ -206,7 +204,6 @@ class Engine:
         else:
             nonfinite = skipped
         self.overflow_skips += skipped - nonfinite
-        self.nonfinite_skips += nonfinite
         self.optimizer.zero_grad(set_to_none=True)
         self.grad_norm, self.skipped, self.nonfinite = norm, skipped, nonfinite
         self.loss_bad = loss_bad
@@ -232,7 +229,6 @@ class Engine:
             norm = self.wrapped.get_global_grad_norm()
             norm = norm if isinstance(norm, torch.Tensor) else None
             skipped = self._flags[int(self.wrapped.skipped_steps > before)]
-        self.nonfinite_skips += skipped
         self.grad_norm, self.skipped, self.nonfinite = norm, skipped, skipped
         self.loss_bad = skipped  # DeepSpeed's check covers the losses through their gradients
         return skipped
