@@ -92,9 +92,30 @@ def test_bench_step_with_whole_iterations(tmp_path):
     assert result["strategy"] == "none" and result["precision"] in ("bf16", "fp32")
     # a DCGAN at 16x16, width 8: the FLOP count is the network's, not zero or absurd
     assert 1e5 < result["flops_per_img"] < 1e8
+    # what the host does per step: no read of a device value, fewer ops than the classic
+    # step (fused loss and bias+activation), the time to issue a step
+    assert result["syncs_per_step"] == 0
+    assert 0 < result["ops_per_step"] < result["baseline_ops_per_step"]
+    assert result["host_ms"] > 0 and result["device_ms"] is None  # no GPU: no device time
     for row in ("fastgan (none,", "baseline (classic eager step", "fastgan + fastgan loader",
                 "baseline + folder DataLoader"):
         assert row in r.stdout
+
+
+@pytest.mark.slow
+def test_bench_step_compiled_row(tmp_path):
+    """--compile measures the compiled step beside the eager one, in the same run, and
+    the time its first step spent compiling."""
+    out = tmp_path / "step.json"
+    r = run_fastgan("bench", "step", "--arch", "mlp", "--batch", "16", "--width", "16",
+                    "--seconds", "1", "--no-baseline", "--compile", "--json", str(out),
+                    timeout=600)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert result["compile_img_s"] > 0 and result["img_s"] > 0
+    assert result["compile_s"] > 0 and result["compile_host_ms"] > 0
+    assert "fastgan (none, fp32)" in r.stdout and "fastgan --compile (default)" in r.stdout
+    assert "compiling took" in r.stdout
 
 
 @pytest.mark.slow

@@ -4,14 +4,12 @@ does; lazy R1 runs the same weights eagerly. Checkpoints keep the plain names.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
 import torch
 
 from conftest import run_fastgan
-from procs import state, torchrun
+from procs import state
 from ranks import params, run_train
 
 pytestmark = pytest.mark.slow

@@ -26,7 +26,6 @@ step after step while the device works.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
