@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import gc
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -96,7 +97,14 @@ def shutdown() -> None:
     """
     if dist.is_initialized():
         gc.collect()
-        dist.destroy_process_group()
+        ds_comm = sys.modules.get("deepspeed.comm.comm")
+        if ds_comm is not None and ds_comm.cdb is not None:
+            # DeepSpeed caches groups of its own (a clone of the world group); only
+            # its destroy drops them, so that an engine built after a new init_process
+            # group in this process does not broadcast over a destroyed group.
+            ds_comm.destroy_process_group()
+        else:
+            dist.destroy_process_group()
 
 
 def all_reduce_mean(t: torch.Tensor, d: Dist) -> torch.Tensor:
