@@ -12,7 +12,7 @@ import os
 import sys
 
 from . import config as C
-from .errors import UserError
+from .errors import RunError, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -258,10 +258,10 @@ def main(argv: list[str] | None = None) -> int:
 
                 bench_kernels.run(args.json, args.dtype)
         return 0
-    except UserError as e:
+    except (UserError, RunError) as e:
         command = " ".join(filter(None, [args.command, getattr(args, "bench", None)]))
         print(f"fastgan {command}: error: {e}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(e, UserError) else 1
     except KeyboardInterrupt:
         print("fastgan: interrupted", file=sys.stderr)
         return 130
