@@ -35,7 +35,7 @@ from ..config import TrainConfig, total_steps
 from ..data import builtin
 from ..data.sources import resolve_data
 from ..data.stream import BatchStream, ImageBatches, PointBatches, make_plan
-from ..errors import UserError
+from ..errors import RunError, UserError
 from ..metrics import health
 from . import checkpoint, distributed, engines, resume
 from .board import Board
@@ -44,6 +44,7 @@ from .ema import EMA
 from .precision import resolve_precision
 from .phases import NonfiniteStreak
 from .preemption import StopRequest, StopVote
+from .runlock import RunLock
 
 log = logging.getLogger("fastgan")
 
@@ -82,12 +83,16 @@ def train(cfg: TrainConfig) -> dict:
         _deterministic()
     d = distributed.init(cfg.run.device, group_of_one=cfg.dist.strategy == "deepspeed",
                          timeout_s=cfg.dist.timeout)
+    lock = None
     try:
         # one run directory: rank 0's default (from its clock) for every rank
         cfg.run.out = distributed.all_gather_object(cfg.run.out, d)[0]
+        lock = RunLock(cfg.run.out)  # taken by rank 0 once the data is known to be there
         with StopRequest() as stop:
-            return _train(cfg, d, stop)
+            return _train(cfg, d, stop, lock)
     finally:
+        if lock is not None:
+            lock.release()
         distributed.shutdown()
 
 
@@ -109,21 +114,22 @@ def _deterministic() -> None:
 
 
 def _on_main(fn, d: distributed.Dist):
-    """``fn()`` on rank 0, its result (or its UserError) on every rank: a mistake found
-    by rank 0 alone must stop every rank, not leave them waiting in a collective."""
+    """``fn()`` on rank 0, its result (or its UserError or RunError) on every rank: a
+    failure found by rank 0 alone must stop every rank, not leave them waiting in a
+    collective."""
     out = None
     if d.is_main:
         try:
             out = ("ok", fn())
-        except UserError as e:
-            out = ("error", str(e))
-    out = distributed.all_gather_object(out, d)[0]
-    if out[0] == "error":
-        raise UserError(out[1])
-    return out[1]
+        except (UserError, RunError) as e:
+            out = (type(e).__name__, str(e))
+    kind, value = distributed.all_gather_object(out, d)[0]
+    if kind != "ok":
+        raise {"UserError": UserError, "RunError": RunError}[kind](value)
+    return value
 
 
-def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
+def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest, lock: RunLock) -> dict:
     device = d.device
     lp, m = cfg.loop, cfg.model
     if lp.batch % d.world:
@@ -144,6 +150,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
                         or dc.epoch_images is None)
     precision = resolve_precision(cfg.run.precision, device, points=spec.kind == "points")
     run_dir = Path(cfg.run.out)  # created only once the data is known to be there
+    _on_main(lock.acquire, d)  # before anything in it is read or written
     # The checkpoint to continue: rank 0 looks, every rank reads it (checkpoints live on
     # a filesystem that every node sees, as DeepSpeed's partitions need anyway).
     ckpt = _on_main(lambda: resume.find(run_dir, cfg.run.resume), d)
@@ -165,8 +172,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
         except OSError as e:
             raise UserError(f"--out: cannot create run directory {run_dir}: "
                             f"{e.strerror or e}") from None
-        if state is not None:  # records of steps after the checkpoint are lost steps
-            _truncate_metrics(run_dir / "metrics.jsonl", start_step)
+        # records of steps after the checkpoint (or of a start that left none) belong
+        # to steps this run trains again
+        _truncate_metrics(run_dir / "metrics.jsonl", start_step)
 
     _on_main(prepare_run_dir, d)
 
@@ -236,9 +244,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
     diversity = health.Diversity(images=spec.kind == "images", device=device)
     monitor = health.HealthMonitor(warmup_steps=int(health.WARMUP_SHARE * steps))
     if d.is_main and state is not None:  # what the monitor saw before the checkpoint
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-            if line.strip():
-                monitor(json.loads(line))
+        for past in read_records(run_dir / "metrics.jsonl"):
+            monitor(past)
     board = Board(run_dir, d.is_main) if cfg.run.tensorboard else None
     grid_z = torch.randn(GRID_SAMPLES if spec.kind == "images" else lp.metric_samples,
                          m.z_dim, generator=torch.Generator().manual_seed(cfg.run.seed + 2)
@@ -258,6 +265,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
         return path
 
     def save_checkpoint(step: int) -> Path | None:
+        _on_main(lock.ensure_held, d)
         nets = {"G": G, "D": D, **({"G_ema": G_eval} if ema else {})}
         for net in nets.values():  # BatchNorm's running statistics: the global estimate
             engines.sync_buffers(net, d)
@@ -346,12 +354,6 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
             stop_now = vote(stop.signal is not None)
             if boundary or stop_now:
                 nonfinite_streak = _check_nonfinite(streak, run_dir)
-            if stop_now:
-                names = distributed.all_gather_object(stop.name, d)
-                stopped_by = ", ".join(f"{n} on rank {r}" for r, n in enumerate(names) if n)
-                final_ckpt = save_checkpoint(step)
-                break
-
             if step % lp.log_every == 0 or step == steps:
                 engines.sync_buffers(G_eval, d)  # the scorer runs it in eval mode
                 stats = gan_step.take_stats()
@@ -398,6 +400,11 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
                     path = save_samples(f"step-{step:08d}")
                     if board is not None:
                         board.samples(path, step)
+            if stop_now:  # after this step's record: the resumed run starts at the next
+                names = distributed.all_gather_object(stop.name, d)
+                stopped_by = ", ".join(f"{n} on rank {r}" for r, n in enumerate(names) if n)
+                final_ckpt = save_checkpoint(step)
+                break
             if lp.ckpt_every and step % lp.ckpt_every == 0 and step != steps:
                 # one dropped step is routine (its update is skipped); once they repeat,
                 # keep the good checkpoints from being pruned by doubtful ones
@@ -475,13 +482,31 @@ def _fp32(state: dict) -> dict:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
+def _record_lines(path: Path) -> list[str]:
+    """The complete lines of a metrics.jsonl. A last line without its newline is a
+    record whose write a crash cut short: not a record."""
+    if not path.exists():
+        return []
+    return [line for line in path.read_text().split("\n")[:-1] if line.strip()]
+
+
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in _record_lines(path)]
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop the records of steps after ``step``: the resumed run trains them again."""
+    """Keep the records up to ``step``, the checkpoint's: the resumed run trains the
+    later steps again and records them anew. Replaced atomically, so that a crash here
+    loses no record either."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines(keepends=True)
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(keep))
+    keep = [line for line in _record_lines(path) if json.loads(line).get("step", 0) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write("".join(line + "\n" for line in keep))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def lr_scale(step: int, steps: int, decay: float) -> float:
