@@ -25,6 +25,8 @@
 #   node1$ launch/torchrun.sh --nnodes 2 --node-rank 1 --endpoint node0:29500 -- \
 #              --data /shared/shards --out /shared/runs/ffhq --batch 256
 # Checkpoints must live on a filesystem every node sees (--out).
+# torchrun runs as `python3 -m fastgan.torchrun`: SIGTERM, SIGUSR1 or Ctrl-C (once) let
+# every rank checkpoint and the job exit 0 (fastgan/train/preemption.py).
 set -euo pipefail
 nnodes=${NNODES:-1} node_rank=${NODE_RANK:-0} nproc=${NPROC_PER_NODE:-}
 endpoint=${RDZV_ENDPOINT:-${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-29500}}
@@ -47,7 +49,7 @@ done
 if [ -z "$nproc" ]; then
   nproc=$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')
 fi
-exec torchrun \
+exec python3 -m fastgan.torchrun \
   --nnodes "$nnodes" --node-rank "$node_rank" --nproc-per-node "$nproc" \
   --rdzv-backend c10d --rdzv-endpoint "$endpoint" --rdzv-id "$rdzv_id" \
   --max-restarts "$max_restarts" ${rdzv_conf:+--rdzv-conf "$rdzv_conf"} \

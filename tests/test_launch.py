@@ -3,8 +3,9 @@
 
 SLURM itself is not here: the test sets the variables SLURM sets, and stands in for its
 two commands the script calls (``srun``: the same command once per node, with
-SLURM_NODEID, passing SIGTERM on as srun does; ``scontrol``: the node list, and a record
-of ``requeue``)."""
+SLURM_NODEID, passing SIGTERM on as SLURM does, to every process of the step: each node's
+launcher and all its descendants, the ranks and their loader workers; ``scontrol``: the
+node list, and a record of ``requeue``)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,11 @@ SRUN = """#!/usr/bin/env bash
 while [[ $1 == --* ]]; do shift; done
 pids=()
 for ((i = 0; i < SLURM_NNODES; i++)); do SLURM_NODEID=$i "$@" & pids+=($!); done
-trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM
+# every process of the step: torchrun starts each rank in a session of its own, so
+# neither a process group nor a session holds them all (SLURM finds them by cgroup)
+descendants() { local c; for c in $(ps -o pid= --ppid "$1"); do echo "$c"; descendants "$c"; done; }
+step_pids() { local p; for p in "${pids[@]}"; do echo "$p"; descendants "$p"; done; }
+trap 'kill -TERM $(step_pids) 2>/dev/null' TERM
 rc=0
 for p in "${pids[@]}"; do
   while kill -0 $p 2>/dev/null; do wait $p || rc=$?; done

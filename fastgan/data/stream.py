@@ -47,6 +47,7 @@ import itertools
 import logging
 import math
 import random
+import signal
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -66,6 +67,11 @@ log = logging.getLogger(__name__)
 SAMPLING = ("resampled", "exact")
 #: Images per shard assumed for the epoch length of remote shards without a manifest.
 UNKNOWN_SHARD_IMAGES = 1000
+#: What asks a rank to stop (train/preemption.py). Its loader workers ignore them: a
+#: scheduler or a terminal sends them to every process of the job, and a worker that
+#: died of one would make the rank fail ("DataLoader worker is killed by signal") before
+#: it checkpoints; the rank shuts its workers down itself when it ends.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class DataUnreadable(Exception):
@@ -455,6 +461,12 @@ class _Counted:
         return item
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker's ``worker_init_fn``: see :data:`STOP_SIGNALS`."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
 class BatchStream:
     """The loader as the training loop sees it: uint8 batches, a state, skip counts.
 
@@ -496,6 +508,7 @@ class BatchStream:
             persistent_workers=plan.workers > 0,
             prefetch_factor=self.PREFETCH if plan.workers > 0 else None,
             pin_memory=torch.cuda.is_available(),
+            worker_init_fn=ignore_stop_signals,
         )
         self._it = iter(self.loader)
         self._taken = 0
