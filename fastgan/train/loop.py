@@ -13,9 +13,10 @@ A run continues its newest complete checkpoint (``--resume auto``, resume.py): t
 checkpoint holds everything the next step depends on (weights, EMA, optimizers, loss
 scalers, schedulers, the latent stream, every rank's RNG and loader position), and
 evaluation (samples, mode metrics) draws no random number from the training streams,
-so a resumed run is the run that never stopped. SIGTERM/SIGUSR1 on any rank stop every
-rank at the next step boundary, checkpointed (preemption.py); a NaN/Inf loss in
-``--max-nonfinite`` consecutive steps stops the run before it writes a bad checkpoint.
+so a resumed run is the run that never stopped. SIGTERM/SIGUSR1/SIGINT on any rank stop
+every rank at the next step boundary, checkpointed (preemption.py); rank 0 holds the run
+directory's lock throughout (runlock.py); a NaN/Inf loss in ``--max-nonfinite``
+consecutive steps stops the run before it writes a bad checkpoint.
 """
 
 from __future__ import annotations
