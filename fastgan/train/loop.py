@@ -20,6 +20,7 @@ rank at the next step boundary, checkpointed (preemption.py); a NaN/Inf loss in
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from ..config import TrainConfig, total_steps
 from ..data import builtin
 from ..data.sources import resolve_data
 from ..data.stream import BatchStream, ImageBatches, PointBatches, make_plan
-from ..errors import UserError
+from ..errors import RunError, UserError
 from ..metrics import health
 from . import checkpoint, distributed, engines, resume
 from .board import Board
@@ -109,18 +110,19 @@ def _deterministic() -> None:
 
 
 def _on_main(fn, d: distributed.Dist):
-    """``fn()`` on rank 0, its result (or its UserError) on every rank: a mistake found
-    by rank 0 alone must stop every rank, not leave them waiting in a collective."""
+    """``fn()`` on rank 0, its result (or its UserError or RunError) on every rank: a
+    mistake found by rank 0 alone must stop every rank, not leave them waiting in a
+    collective."""
     out = None
     if d.is_main:
         try:
             out = ("ok", fn())
-        except UserError as e:
-            out = ("error", str(e))
-    out = distributed.all_gather_object(out, d)[0]
-    if out[0] == "error":
-        raise UserError(out[1])
-    return out[1]
+        except (UserError, RunError) as e:
+            out = (type(e).__name__, str(e))
+    kind, value = distributed.all_gather_object(out, d)[0]
+    if kind != "ok":
+        raise (RunError if kind == RunError.__name__ else UserError)(value)
+    return value
 
 
 def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
@@ -290,7 +292,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest) -> dict:
 
         return checkpoint.save(run_dir, step, state, gen, lp.keep_ckpts,
                                sharded=write_sharded if strategy == "deepspeed" else None,
-                               barrier=lambda: distributed.barrier(d), is_main=d.is_main)
+                               gather=functools.partial(distributed.all_gather_object, d=d),
+                               is_main=d.is_main)
 
     if d.is_main:
         print(f"fastgan: training {m.arch} on {cfg.data.data} for {steps} steps "
