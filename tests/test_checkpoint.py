@@ -1,6 +1,7 @@
 import errno
 import functools
 import hashlib
+import logging
 import os
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from fastgan.errors import RunError, UserError
-from fastgan.train import checkpoint, distributed
+from fastgan.train import checkpoint, distributed, resume
 from ranks import free_port
 
 
@@ -109,6 +110,7 @@ def test_an_old_complete_marker_without_a_record_is_accepted(tmp_path):
     assert checkpoint.records(ckpt) is None and checkpoint.verify(ckpt) is None
     assert checkpoint.complete(tmp_path) == [ckpt]
     assert checkpoint.load_generator(ckpt)["step"] == 10
+    assert resume.find(tmp_path, "auto") == ckpt
 
 
 def test_a_corrupt_generator_is_never_loaded_and_weights_only_never_advised(tmp_path):
@@ -132,6 +134,42 @@ def test_a_corrupt_generator_is_never_loaded_and_weights_only_never_advised(tmp_
 class _RunsCode:
     def __reduce__(self):
         return (os.getcwd, ())
+
+
+def test_resume_auto_moves_a_corrupt_newest_checkpoint_aside(tmp_path, caplog):
+    for step in (4, 8, 12):
+        checkpoint.save(tmp_path, step, {"step": step}, _gen(step), keep=3)
+    root = checkpoint.checkpoint_dir(tmp_path)
+    (root / "step-00000012" / checkpoint.STATE).write_bytes(b"cut")
+    with caplog.at_level(logging.INFO, logger="fastgan"):
+        assert resume.find(tmp_path, "auto") == root / "step-00000008"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"--resume auto: {root}/step-00000012/state.pt: corrupt (3 bytes "
+                        "where COMPLETE records "
+                        f"{checkpoint.records(root / 'step-00000012.corrupt')['state.pt']['bytes']}"
+                        "): moved it aside to step-00000012.corrupt; trying the previous "
+                        "checkpoint"]
+    assert any("step-00000008 verified" in r.getMessage() for r in caplog.records)
+    # kept, and out of every listing: never loaded, pruned or cleaned up
+    checkpoint.save(tmp_path, 12, {"step": 12}, _gen(12), keep=2)
+    checkpoint.save(tmp_path, 16, {"step": 16}, _gen(16), keep=2)
+    assert sorted(p.name for p in root.iterdir()) == [
+        "step-00000012", "step-00000012.corrupt", "step-00000016"]
+    # --resume naming a damaged checkpoint: an error naming the file; nothing moved
+    (root / "step-00000016" / checkpoint.GENERATOR).write_bytes(b"cut")
+    with pytest.raises(UserError, match=r"^--resume: .*step-00000016/generator\.pt: corrupt"):
+        resume.find(tmp_path, str(root / "step-00000016"))
+    assert (root / "step-00000016").is_dir()
+
+
+def test_resume_auto_starts_afresh_when_no_checkpoint_proves_sound(tmp_path, caplog):
+    checkpoint.save(tmp_path, 4, {"step": 4}, _gen(4), keep=3)
+    root = checkpoint.checkpoint_dir(tmp_path)
+    (root / "step-00000004" / checkpoint.MARKER).write_text("4\n")  # no record: loaded
+    (root / "step-00000004" / checkpoint.STATE).write_bytes(b"cut")
+    assert resume.find(tmp_path, "auto") is None
+    assert "no other checkpoint: starting afresh" in caplog.text
+    assert [p.name for p in root.iterdir()] == ["step-00000004.corrupt"]
 
 
 # ------------------------------------------------------------------ failed writes
