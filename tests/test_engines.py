@@ -1,6 +1,7 @@
 """Engines: DeepSpeed configs per network, strategy choice, DeepSpeed checkpoints that
 save and load across 2 real ranks."""
 
+import functools
 import json
 import os
 
@@ -119,7 +120,8 @@ def _roundtrip_worker(rank, port, tmp, strategy, results):
                  "engines": {"G": a.G.state_dict(), "D": a.D.state_dict()}}
         checkpoint.save(tmp, 3, state, {}, keep=2,
                         sharded=lambda t: [e.save_sharded(t) for e in (a.G, a.D)],
-                        barrier=lambda: distributed.barrier(d), is_main=d.is_main)
+                        gather=functools.partial(distributed.all_gather_object, d=d),
+                        is_main=d.is_main)
         distributed.barrier(d)
         b = _gan(d, 1, strategy)  # other initial weights, fresh optimizer state
         ckpt = checkpoint.complete(tmp)[-1]

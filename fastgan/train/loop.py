@@ -21,6 +21,7 @@ consecutive steps stops the run before it writes a bad checkpoint.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -299,7 +300,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest, lock: RunLo
 
         return checkpoint.save(run_dir, step, state, gen, lp.keep_ckpts,
                                sharded=write_sharded if strategy == "deepspeed" else None,
-                               barrier=lambda: distributed.barrier(d), is_main=d.is_main)
+                               gather=functools.partial(distributed.all_gather_object, d=d),
+                               is_main=d.is_main)
 
     if d.is_main:
         print(f"fastgan: training {m.arch} on {cfg.data.data} for {steps} steps "

@@ -2,7 +2,8 @@
 the random-number state of each rank.
 
 ``--resume auto`` (the default) continues the newest complete checkpoint of the run
-directory, or starts afresh when there is none, and says which. That is what makes a
+directory that matches its record (a damaged one is moved aside, with a warning), or
+starts afresh when there is none, and says which. That is what makes a
 run restarted by torchrun (``--max-restarts``), requeued by SLURM or simply launched
 again with the same command pick up where it stopped. ``--resume none`` refuses a
 run directory that already holds a run; ``--resume PATH`` takes a checkpoint directory
@@ -15,12 +16,16 @@ position. With ``--deterministic`` the resumed run is bitwise the run that never
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..errors import RunError, UserError
 from . import checkpoint
+
+log = logging.getLogger("fastgan")
 
 # Settings a checkpoint cannot be continued under: the saved state would not fit, or
 # would mean something else. (section, field) -> why it matters
@@ -57,22 +62,61 @@ def find(run_dir: Path, resume: str) -> Path | None:
                             "it with --resume auto, or choose another --out")
         return None
     if resume == "auto":
-        done = checkpoint.complete(run_dir)
-        return done[-1] if done else None
+        return _newest_sound(run_dir)
     path = Path(resume)
     if not path.exists():
         raise UserError(f"--resume: no such file or directory: {resume}")
     if path.is_file():
         path = path.parent
-    if checkpoint.is_complete(path):
-        return path
-    if (path / checkpoint.STATE).exists():
-        raise UserError(f"--resume: {resume} is an incomplete checkpoint (no "
-                        f"{checkpoint.MARKER} marker: its write never finished)")
-    done = checkpoint.complete(path)
-    if not done:
-        raise UserError(f"--resume: {resume} holds no complete checkpoint")
-    return done[-1]
+    if not checkpoint.is_complete(path):
+        if (path / checkpoint.STATE).exists():
+            raise UserError(f"--resume: {resume} is an incomplete checkpoint (no "
+                            f"{checkpoint.MARKER} marker: its write never finished)")
+        done = checkpoint.complete(path)
+        if not done:
+            raise UserError(f"--resume: {resume} holds no complete checkpoint")
+        path = done[-1]
+    try:
+        _prove(path)
+    except UserError as e:  # the user named it: theirs to look at, left in place
+        raise UserError(f"--resume: {e}") from None
+    return path
+
+
+def _newest_sound(run_dir: Path) -> Path | None:
+    """--resume auto: the newest complete checkpoint that proves sound. Each newer one
+    that does not is moved aside with one warning line, so that a job restarted by
+    torchrun or a requeue continues from the one before instead of failing for ever."""
+    done = checkpoint.complete(run_dir)
+    for older, ckpt in reversed(list(enumerate(done))):
+        try:
+            _prove(ckpt)
+            return ckpt
+        except UserError as e:
+            try:
+                aside = checkpoint.move_aside(ckpt).name
+            except OSError as moving:
+                raise RunError(f"--resume auto: {e}, and it cannot be moved aside "
+                               f"({moving.strerror}): move it away, then run again") from None
+            log.warning("--resume auto: %s: moved it aside to %s; %s", e, aside,
+                        "trying the previous checkpoint" if older else
+                        "no other checkpoint: starting afresh")
+    return None
+
+
+def _prove(ckpt: Path) -> None:
+    """Raise a UserError naming the file unless ``ckpt`` matches its COMPLETE record.
+    A checkpoint without a record (older fastgan) can only be loaded to be checked: its
+    two files are, once here and again by whoever resumes from it."""
+    start = time.perf_counter()
+    verified = checkpoint.verify(ckpt)
+    if verified is None:
+        checkpoint.load_state(ckpt)
+        checkpoint.load_generator(ckpt)
+        return
+    seconds = time.perf_counter() - start
+    log.info("%s verified: %.1f MB in %.2f s (%.2f GB/s)", ckpt.name, verified / 1e6,
+             seconds, verified / 1e9 / max(seconds, 1e-9))
 
 
 def differences(saved: dict, current: dict, saved_world: int, world: int, *,
