@@ -59,7 +59,29 @@ INTERRUPTED = ("fastgan: interrupted (SIGINT): checkpointing at the next step; p
                "Ctrl-C again to stop at once without a checkpoint\n")
 
 
-class StopRequest:
+class SignalHandlers:
+    """Context manager: while active, :data:`SIGNALS` call ``self._handle`` (in the main
+    thread, where Python runs handlers; elsewhere nothing changes)."""
+
+    def __init__(self):
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+
+class StopRequest(SignalHandlers):
     """Context manager: while active, SIGTERM, SIGUSR1 and SIGINT set ``signal`` instead
     of ending the process (the first of them names the request). Repeats are the same
     request, except a SIGINT :data:`SAME_INTERRUPT_S` or more after the first, which
@@ -72,7 +94,7 @@ class StopRequest:
         self.signal: int | None = None
         self.first_interrupt: float | None = None  # time.monotonic() of the first SIGINT
         self.announce = os.environ.get("LOCAL_RANK", "0") == "0"
-        self._previous: dict[int, object] = {}
+        super().__init__()
 
     @property
     def name(self) -> str:
@@ -89,17 +111,6 @@ class StopRequest:
                 raise KeyboardInterrupt
         if self.signal is None:
             self.signal = signum
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():  # signals need it
-            for s in SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous.clear()
 
 
 class StopVote:
@@ -148,7 +159,7 @@ class StopVote:
 TORCHRUN_KEEPS = "SIGHUP,SIGQUIT"
 
 
-class LauncherSignals:
+class LauncherSignals(SignalHandlers):
     """In torchrun's agent process: SIGTERM, SIGUSR1 and the first SIGINT are passed on
     to every rank, and the agent goes on watching the ranks (their exit statuses make
     its own). A second SIGINT raises torchrun's SignalException, so torchrun does what
@@ -161,7 +172,7 @@ class LauncherSignals:
 
     def __init__(self):
         self.interrupts = 0
-        self._previous: dict[int, object] = {}
+        super().__init__()
 
     def _handle(self, signum, frame) -> None:
         if signum == signal.SIGINT:
@@ -176,16 +187,6 @@ class LauncherSignals:
                 os.kill(pid, signum)
             except ProcessLookupError:  # it has just ended
                 pass
-
-    def __enter__(self) -> LauncherSignals:
-        for s in SIGNALS:
-            self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous.clear()
 
 
 def rank_pids(parent: int) -> list[int]:
