@@ -102,8 +102,9 @@ class RunConfig:
     progress: bool = opt(True, "show a progress bar on rank 0")
     tensorboard: bool = opt(False, "also write TensorBoard scalars and sample grids to "
                             "RUN_DIR/tensorboard (needs the tensorboard package)")
-    resume: str = opt("auto", "auto: continue the newest complete checkpoint of --out, or "
-                      "start afresh when there is none; none: refuse a run directory that "
+    resume: str = opt("auto", "auto: continue the newest complete checkpoint of --out that "
+                      "proves sound (a damaged one is moved aside), or start afresh when "
+                      "there is none; none: refuse a run directory that "
                       "holds a run; or a checkpoint (or run) directory to continue",
                       metavar="auto|none|PATH")
     resume_force: bool = opt(False, "resume even when the configuration differs from the "
