@@ -115,7 +115,7 @@ def _prove(ckpt: Path) -> None:
         checkpoint.load_generator(ckpt)
         return
     seconds = time.perf_counter() - start
-    log.info("%s verified: %.1f MB in %.2f s (%.2f GB/s)", ckpt.name, verified / 1e6,
+    log.debug("%s verified: %.1f MB in %.2f s (%.2f GB/s)", ckpt.name, verified / 1e6,
              seconds, verified / 1e9 / max(seconds, 1e-9))
 
 
