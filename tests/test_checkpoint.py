@@ -141,7 +141,7 @@ def test_resume_auto_moves_a_corrupt_newest_checkpoint_aside(tmp_path, caplog):
         checkpoint.save(tmp_path, step, {"step": step}, _gen(step), keep=3)
     root = checkpoint.checkpoint_dir(tmp_path)
     (root / "step-00000012" / checkpoint.STATE).write_bytes(b"cut")
-    with caplog.at_level(logging.INFO, logger="fastgan"):
+    with caplog.at_level(logging.DEBUG, logger="fastgan"):
         assert resume.find(tmp_path, "auto") == root / "step-00000008"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [f"--resume auto: {root}/step-00000012/state.pt: corrupt (3 bytes "
