@@ -3,7 +3,6 @@ save and load across 2 real ranks."""
 
 import functools
 import json
-import os
 
 import pytest
 import torch
@@ -13,7 +12,8 @@ from fastgan.errors import UserError
 from fastgan.models.mlp import MLPDiscriminator, MLPGenerator
 from fastgan.train import checkpoint, distributed, engines
 from fastgan.train.phases import GANStep
-from ranks import free_port
+from procs import load_state
+from ranks import free_port, set_rank_env
 
 
 def _opts(**kw):
@@ -108,8 +108,7 @@ def _batch(i, rank):
 
 
 def _roundtrip_worker(rank, port, tmp, strategy, results):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    set_rank_env(rank, 2, port)
     d = distributed.init("cpu")
     try:
         torch.set_num_threads(1)
@@ -125,7 +124,7 @@ def _roundtrip_worker(rank, port, tmp, strategy, results):
         distributed.barrier(d)
         b = _gan(d, 1, strategy)  # other initial weights, fresh optimizer state
         ckpt = checkpoint.complete(tmp)[-1]
-        loaded = torch.load(ckpt / checkpoint.STATE, weights_only=True)
+        loaded = load_state(ckpt)
         for net, eng in (("G", b.G), ("D", b.D)):
             eng.module.load_state_dict(loaded[net])
             eng.load_state_dict(loaded["engines"][net], ckpt)
@@ -163,8 +162,7 @@ def test_engine_checkpoint_saves_and_loads(tmp_path, strategy):
 
 def _comm_worker(rank, port, results):
     """Count DDP's all-reduces: per network, per phase."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    set_rank_env(rank, 2, port)
     d = distributed.init("cpu")
     try:
         torch.set_num_threads(1)
