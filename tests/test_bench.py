@@ -10,6 +10,7 @@ import torch
 from conftest import run_fastgan
 
 
+@pytest.mark.slow  # loader worker processes, ~4-8 s
 def test_bench_data_synthetic(tmp_path):
     out = tmp_path / "bench.json"
     r = run_fastgan("bench", "data", "--synthetic", "96", "--source-res", "48", "--res", "16",
@@ -26,6 +27,7 @@ def test_bench_data_synthetic(tmp_path):
     assert 0 < result["loader_vs_folder"] < math.inf  # a ratio was measured, not 0 or inf/nan
 
 
+@pytest.mark.slow  # loader worker processes, ~5-10 s
 def test_bench_data_on_given_shards(tmp_path):
     from shardsets import write_uneven_shards
 
@@ -72,6 +74,7 @@ def test_bench_kernels_measures_every_op_and_pass():
     assert "GAN D-loss step [8, 1] forward" in text
 
 
+@pytest.mark.slow  # trains through both steps and both loaders (~40 s)
 def test_bench_step_with_whole_iterations(tmp_path):
     """fastgan's step and the classic step, and both fed by their loaders, in one run."""
     from fastgan.bench.data import write_synthetic

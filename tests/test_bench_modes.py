@@ -12,6 +12,7 @@ from fastgan.config import TrainConfig, resolve
 from fastgan.train.loop import train
 
 
+@pytest.mark.slow  # whole train() runs
 @pytest.mark.parametrize("extra", [{}, {"ema_kimg": 0.5},
                                    {"r1_gamma": 0.05, "r1_interval": 3}])
 def test_each_member_tracks_fastgan_train(tmp_path, extra):
@@ -37,6 +38,7 @@ def test_each_member_tracks_fastgan_train(tmp_path, extra):
             torch.testing.assert_close(member[name], value, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # a process pool of trainings
 def test_bench_modes_cli_prints_the_table(tmp_path):
     out = tmp_path / "m.json"
     # 7 seeds: chunks of 5 and 2 per variant, merged back into one row each, in seed order

@@ -77,6 +77,7 @@ def _consistency_worker(rank, port, diverge, results):
         distributed.shutdown()
 
 
+@pytest.mark.slow  # two processes (mp.spawn)
 @pytest.mark.parametrize("diverge", [False, True])
 def test_check_consistent(diverge):
     results = mp.Manager().dict()

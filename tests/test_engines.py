@@ -207,6 +207,7 @@ def test_ddp_all_reduces_once_per_step_and_never_d_in_the_g_phase():
         assert after_g == {"G": 1, "D": 1}
 
 
+@pytest.mark.slow  # a DeepSpeed engine: the first in a venv builds its shm op (~90 s)
 def test_deepspeed_bf16_forward_runs_in_bf16_with_fp32_weights():
     """DeepSpeed takes fastgan's bf16 config: forwards through the engine in bf16, weights
     and gradients fp32. (On CPU DeepSpeed leaves an outer CPU autocast alone; on CUDA it
@@ -231,6 +232,7 @@ def test_deepspeed_bf16_forward_runs_in_bf16_with_fp32_weights():
         distributed.shutdown()
 
 
+@pytest.mark.slow  # a CLI process importing DeepSpeed (~8 s)
 def test_deepspeed_fp16_is_refused_in_one_line(tmp_path):
     from conftest import run_fastgan
 
@@ -241,6 +243,7 @@ def test_deepspeed_fp16_is_refused_in_one_line(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # a DeepSpeed engine: the first in a venv builds its shm op (~90 s)
 def test_deepspeed_without_zero_skips_a_nan_step_on_the_device():
     """ZeRO stage 0: the gradients sit in .grad after the engine's all-reduce, and the
     fused Adam that DeepSpeed steps takes fastgan's skip flag: a NaN in D's loss leaves D

@@ -29,6 +29,7 @@ ARGS = ["--features", "randconv", "--num-gen", "80", "--num-real", "200", "--bat
         "--metrics", "fid,kid,modes", "--workers", "0"]
 
 
+@pytest.mark.slow  # shapes_run trains
 def test_eval_reports_and_caches_real_statistics(shapes_run, cache_dir, tmp_path):
     stats = tmp_path / "stats"
     first = _result(run_fastgan("eval", str(shapes_run), *ARGS, "--cache-dir", str(stats),
@@ -64,6 +65,7 @@ def test_two_ranks_give_the_numbers_of_one(shapes_run, tmp_path):
         assert two[k] == one[k]
 
 
+@pytest.mark.slow
 def test_eval_errors_are_one_line(shapes_run, tmp_path, monkeypatch):
     monkeypatch.delenv("FASTGAN_INCEPTION", raising=False)
     r = run_fastgan("eval", str(shapes_run), "--num-gen", "8", "--cache-dir", str(tmp_path))
