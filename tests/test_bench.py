@@ -40,6 +40,40 @@ def test_bench_data_on_given_shards(tmp_path):
     assert r.returncode == 2 and "give --data SHARDS or --synthetic N" in r.stderr
 
 
+def test_bench_data_in_process(tmp_path):
+    """``bench data``'s measurement itself, briefly and in this process (no loader
+    workers): every pipeline measured, the folder's synthetic photos resized."""
+    from fastgan.bench import data as bd
+    from shardsets import write_uneven_shards
+
+    write_uneven_shards(tmp_path / "s", [20, 20])
+    bd.write_synthetic(tmp_path / "photos", 8, 24)
+    threads = torch.get_num_threads()
+    try:
+        r = bd.run(bd.DataBenchOptions(data=str(tmp_path / "s"), folder=str(tmp_path / "photos"),
+                                       res=8, batch=4, workers=0, seconds=0.05))
+    finally:
+        torch.set_num_threads(threads)  # run() sets one thread for the whole process
+    for key in ("loader_img_s", "folder_img_s", "limit_img_s"):
+        assert r[key] > 0, key
+    assert 0 < r["loader_vs_folder"] < math.inf
+    assert r["shard_image_size"] == [8, 8] and r["folder_image_size"] == [24, 24]
+    assert "fastgan loader" in bd.table(r)
+
+
+def test_bench_step_in_process_on_points():
+    """``bench step``'s measurement itself, briefly and in this process, on the 2-D MLP:
+    both steps measured, and no host read of a device value per step."""
+    from fastgan.bench import step
+
+    r = step.run(step.StepBenchOptions(arch="mlp", batch=16, width=16, seconds=0.05,
+                                       workers=0))
+    assert r["img_s"] > 0 and r["baseline_img_s"] > 0 and 0 < r["speedup"] < math.inf
+    assert r["strategy"] == "none" and r["world"] == 1
+    assert r["syncs_per_step"] == 0 and r["ops_per_step"] > 0
+    assert "baseline (classic eager step" in step.table(r)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, launch/gpu_check.sh runs it")
 def test_bench_kernels_refuses_cpu():
     r = run_fastgan("bench", "kernels")
