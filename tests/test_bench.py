@@ -111,8 +111,9 @@ def test_bench_kernels_measures_every_op_and_pass():
 @pytest.mark.slow  # trains through both steps and both loaders (~40 s)
 def test_bench_step_with_whole_iterations(tmp_path):
     """fastgan's step and the classic step, and both fed by their loaders, in one run."""
-    from fastgan.bench.data import write_synthetic
     from pathlib import Path
+
+    from fastgan.bench.data import write_synthetic
 
     write_synthetic(Path(tmp_path / "photos"), 40, 32)
     r = run_fastgan("shards", str(tmp_path / "photos"), str(tmp_path / "shards"), "--res",

@@ -94,8 +94,8 @@ def test_a_damaged_file_is_named_by_verify(tmp_path):
     with pytest.raises(checkpoint.Corrupt, match=r"state\.pt: corrupt \(its SHA-256 differs"):
         checkpoint.verify(ckpt)
     state.write_bytes(good[:1000])
-    with pytest.raises(checkpoint.Corrupt,
-                       match=rf"state\.pt: corrupt \(1000 bytes where COMPLETE records {len(good)}\)"):
+    with pytest.raises(checkpoint.Corrupt, match=rf"state\.pt: corrupt \(1000 bytes where "
+                                                 rf"COMPLETE records {len(good)}\)"):
         checkpoint.verify(ckpt)
     state.unlink()
     with pytest.raises(checkpoint.Corrupt, match=r"state\.pt: corrupt \(missing"):

@@ -31,7 +31,7 @@ def test_torchrun_two_ranks_ring(tmp_path):
                    "--out", str(run)])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "over 2 rank(s)" in r.stderr
-    recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in recs] == [10, 20, 30]  # rank 0 alone writes
 
 
@@ -53,8 +53,8 @@ def test_torchrun_two_ranks_shapes(tmp_path, cache_dir):
 
 @pytest.mark.slow
 def test_uneven_batch_is_a_clear_error(tmp_path):
-    r = _torchrun(["train", "--data", "builtin:ring", "--steps", "2", "--batch", "33", "--pack", "1",
-                   "--no-progress", "--out", str(tmp_path / "run")])
+    r = _torchrun(["train", "--data", "builtin:ring", "--steps", "2", "--batch", "33", "--pack",
+                   "1", "--no-progress", "--out", str(tmp_path / "run")])
     assert r.returncode != 0
     assert "--batch: 33 does not divide over 2 ranks" in r.stderr
 
