@@ -97,10 +97,9 @@ def _lowpass(c, gain, dtype=torch.float64):
     return (f2 * gain / f2.sum()).expand(c, 1, 4, 4)
 
 
-# stride 1: a gradgradcheck over twice the outputs (5-12 s each here)
-@pytest.mark.parametrize("pad, gain, stride", [
-    (1, 1.0, 2), (2, 1.0, 2), pytest.param(1, 4.0, 1, marks=pytest.mark.slow),
-    pytest.param(2, 1.0, 1, marks=pytest.mark.slow)])
+@pytest.mark.slow  # float64 gradgradchecks of both filters: 5-13 s a case here
+@pytest.mark.parametrize("pad, gain, stride", [(1, 1.0, 2), (2, 1.0, 2), (1, 4.0, 1),
+                                               (2, 1.0, 1)])
 def test_blur_is_the_depthwise_lowpass_convolution(pad, gain, stride):
     """Both filters (the depthwise convolution CPUs run, the shifted adds GPUs run)
     against the definition: a depthwise convolution with the [1, 3, 3, 1] outer product;
