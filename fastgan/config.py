@@ -204,7 +204,8 @@ def convert(f, value):
                 raise ValueError
             out = value
     except (TypeError, ValueError):
-        want = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(kind, "a string")
+        want = {"int": "an integer", "float": "a number",
+                "bool": "true or false"}.get(kind, "a string")
         raise UserError(f"{name}: expected {want}, got {value!r}") from None
     choices = f.metadata.get("choices")
     if choices and out not in choices:

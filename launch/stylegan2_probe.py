@@ -45,7 +45,8 @@ def make(precision, channels_last=True):
 def rate(step, n=16):
     for _ in range(4):
         step()
-    torch.cuda.synchronize(); t = time.perf_counter()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
     for _ in range(n):
         step()
     torch.cuda.synchronize()
@@ -70,10 +71,12 @@ step = make("bf16", True)
 for _ in range(4):
     step()
 torch.cuda.synchronize()
-with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEV == "cuda" else [])) as prof:
+activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEV == "cuda" else [])
+with profile(activities=activities) as prof:
     for _ in range(4):
         step()
     torch.cuda.synchronize()
 ka = prof.key_averages()
-print(ka.table(sort_by="cuda_time_total" if DEV == "cuda" else "cpu_time_total", row_limit=22, max_name_column_width=70))
+print(ka.table(sort_by="cuda_time_total" if DEV == "cuda" else "cpu_time_total", row_limit=22,
+               max_name_column_width=70))
 print(ka.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=70))

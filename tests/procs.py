@@ -63,7 +63,8 @@ def complete_steps(run: Path) -> list[int]:
     return [int(p.name.split("-")[1]) for p in checkpoint.complete(run)]
 
 
-def state(ckpt: Path) -> dict:
+def load_state(ckpt: Path) -> dict:
+    """The training state (``state.pt``) of the checkpoint directory ``ckpt``."""
     return torch.load(ckpt / checkpoint.STATE, weights_only=True)
 
 

@@ -1,4 +1,5 @@
-"""Training on several real processes (gloo), started by multiprocessing.
+"""Training on several real processes (gloo), started by multiprocessing, and the
+helpers every such test uses: ``free_port`` and ``set_rank_env``.
 
 ``run_train`` starts ``world`` processes, each running ``fastgan train ARGS`` through the
 real loop, and records every rank's G and D parameters at each checkpoint, so that a
@@ -17,9 +18,18 @@ import torch.multiprocessing as mp
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a rendezvous or MASTER_PORT)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def set_rank_env(rank: int, world: int, port: int, **extra: str) -> None:
+    """Make this process ``rank`` of ``world`` in a local gloo group on 127.0.0.1:``port``,
+    as torchrun would: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK (and any
+    ``extra`` variables), for ``distributed.init`` to read."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), **extra)
 
 
 def _inject_nan(rank: int, nan: dict) -> None:
@@ -60,8 +70,7 @@ def _record_checkpoints(rank: int, out: Path) -> None:
 
 
 def _worker(rank, world, port, args, out, nan, errors):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    set_rank_env(rank, world, port, OMP_NUM_THREADS="1")
     try:
         from fastgan import cli
         from fastgan.train.loop import train

@@ -12,6 +12,7 @@ from fastgan.config import TrainConfig, resolve
 from fastgan.train.loop import train
 
 
+@pytest.mark.slow  # whole train() runs
 @pytest.mark.parametrize("extra", [{}, {"ema_kimg": 0.5},
                                    {"r1_gamma": 0.05, "r1_interval": 3}])
 def test_each_member_tracks_fastgan_train(tmp_path, extra):
@@ -37,6 +38,7 @@ def test_each_member_tracks_fastgan_train(tmp_path, extra):
             torch.testing.assert_close(member[name], value, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # a process pool of trainings
 def test_bench_modes_cli_prints_the_table(tmp_path):
     out = tmp_path / "m.json"
     # 7 seeds: chunks of 5 and 2 per variant, merged back into one row each, in seed order
@@ -57,3 +59,18 @@ def test_bench_modes_cli_prints_the_table(tmp_path):
         rows[0]["high_quality"][5:]
     r = run_fastgan("bench", "modes", "--variants", "wgan")
     assert r.returncode == 2 and "--variants: unknown wgan" in r.stderr
+
+
+def test_chunks_of_seeds_summarise_into_one_row():
+    """What each process of ``fastgan bench modes`` does, here in this process and for 3
+    steps: chunks of seeds train; summarise merges them in seed order; table shows it."""
+    cfg = modes.variant_config("grid", modes.VARIANTS["pacgan-gan"], 5)
+    assert cfg.model.pack == 1 and cfg.optim.lr_g == 1e-4 and cfg.loop.steps == 5
+    parts = [modes.train_members("ring", "default", [2], steps=3),
+             modes.train_members("ring", "default", [0, 1], steps=3)]
+    assert [len(p["metrics"]) for p in parts] == [1, 2]
+    row = modes.summarise(parts)
+    assert row["seeds"] == 3 and row["steps"] == 3 and row["variant"] == "default"
+    assert row["modes"] == [m["modes_covered"] for p in parts[::-1] for m in p["metrics"]]
+    text = modes.table([row])
+    assert "PacGAN GAN" in text and "fastgan default" in text and "(3 seeds, 3 steps)" in text

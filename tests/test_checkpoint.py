@@ -10,7 +10,8 @@ import torch.multiprocessing as mp
 
 from fastgan.errors import RunError, UserError
 from fastgan.train import checkpoint, distributed, resume
-from ranks import free_port
+from procs import load_state
+from ranks import free_port, set_rank_env
 
 
 def _gen(step):
@@ -28,7 +29,7 @@ def test_save_marks_complete_and_prunes(tmp_path):
         assert (p / checkpoint.MARKER).exists()
     payload = checkpoint.load_generator(tmp_path)
     assert payload["step"] == 40
-    state = torch.load(done[-1] / checkpoint.STATE, weights_only=True)
+    state = load_state(done[-1])
     assert state["step"] == 40
 
 
@@ -93,8 +94,8 @@ def test_a_damaged_file_is_named_by_verify(tmp_path):
     with pytest.raises(checkpoint.Corrupt, match=r"state\.pt: corrupt \(its SHA-256 differs"):
         checkpoint.verify(ckpt)
     state.write_bytes(good[:1000])
-    with pytest.raises(checkpoint.Corrupt,
-                       match=rf"state\.pt: corrupt \(1000 bytes where COMPLETE records {len(good)}\)"):
+    with pytest.raises(checkpoint.Corrupt, match=rf"state\.pt: corrupt \(1000 bytes where "
+                                                 rf"COMPLETE records {len(good)}\)"):
         checkpoint.verify(ckpt)
     state.unlink()
     with pytest.raises(checkpoint.Corrupt, match=r"state\.pt: corrupt \(missing"):
@@ -233,8 +234,7 @@ class _Bug:
 
 def _failing_rank_worker(rank, port, tmp, failing, results):
     """Rank ``failing``'s part of the checkpoint meets a full disk."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    set_rank_env(rank, 2, port)
     d = distributed.init("cpu", timeout_s=60)
     try:
         gather = functools.partial(distributed.all_gather_object, d=d)

@@ -5,6 +5,7 @@ import pytest
 from conftest import run_fastgan
 
 
+@pytest.mark.slow  # three CLI processes (~6-12 s)
 def test_dry_run_prints_resolved_config(tmp_path):
     r = run_fastgan("train", "--dry-run", "--out", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
@@ -56,6 +57,7 @@ def test_bad_input_is_one_line_exit_2(args, culprit):
     assert culprit in lines[0] and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # two CLI processes (~6-7 s here)
 def test_bad_toml_key_and_value(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text("colour = 3\n")
@@ -66,6 +68,7 @@ def test_bad_toml_key_and_value(tmp_path):
     assert r.returncode == 2 and "--batch" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow  # two CLI processes (~6-7 s here)
 def test_sample_errors(tmp_path):
     r = run_fastgan("sample", str(tmp_path / "nope"))
     assert r.returncode == 2 and "nope" in r.stderr and len(r.stderr.splitlines()) == 1
@@ -73,6 +76,7 @@ def test_sample_errors(tmp_path):
     assert r.returncode == 2 and "--n" in r.stderr
 
 
+@pytest.mark.slow  # two CLI processes (~6-7 s here)
 def test_unwritable_out_and_cache_dir(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -84,6 +88,7 @@ def test_unwritable_out_and_cache_dir(tmp_path):
     assert not (tmp_path / "run").exists()  # a failed start leaves no half-made run
 
 
+@pytest.mark.slow  # three CLI processes (~5-9 s)
 def test_stylegan2_recipe_beats_the_dataset_preset(tmp_path):
     """--arch stylegan2 brings StyleGAN2's optimiser, lazy R1 and EMA; explicit flags win."""
     r = run_fastgan("train", "--dry-run", "--arch", "stylegan2", "--r1-interval", "8",

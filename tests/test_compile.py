@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import run_fastgan
-from procs import state
+from procs import load_state
 from ranks import params, run_train
 
 pytestmark = pytest.mark.slow
@@ -56,8 +56,8 @@ def test_compiled_training_matches_eager(tmp_path, cache_dir, arch):
     if len(LEGS[arch]) > 1:
         assert f"resuming from {compiled}/checkpoints/step-00000005" in r.stderr
     ckpt = "checkpoints/step-00000010"
-    a, b = state(compiled / ckpt), state(eager / ckpt)
-    start = state(eager / "checkpoints/step-00000005")
+    a, b = load_state(compiled / ckpt), load_state(eager / ckpt)
+    start = load_state(eager / "checkpoints/step-00000005")
     nets = ["G", "D", *(["G_ema"] if arch == "stylegan2" else [])]
     for net in nets:
         assert a[net].keys() == b[net].keys()  # no "_orig_mod." from torch.compile

@@ -103,6 +103,7 @@ def test_tar_reader_reports_truncation_and_garbage(tmp_path):
 
 # ------------------------------------------------------------------ sources
 
+@pytest.mark.slow  # builds the 16,384 shapes (10-15 s)
 def test_builtin_shapes_become_shards(cache_dir):
     manifest_path = builtin.builtin_shards("shapes", 32, cache_dir)
     manifest = json.load(open(manifest_path))
@@ -114,6 +115,7 @@ def test_builtin_shapes_become_shards(cache_dir):
     assert os.path.getmtime(manifest_path) == mtime
 
 
+@pytest.mark.slow  # the built shapes too
 def test_shard_set_forms_and_errors(tmp_path, cache_dir):
     manifest = builtin.builtin_shards("shapes", 32, cache_dir)
     d = os.path.dirname(manifest)
@@ -152,6 +154,7 @@ def test_write_shards_rejects_dotted_keys(tmp_path):
 
 # ------------------------------------------------------------------ the stream
 
+@pytest.mark.slow  # the built shapes too
 def test_stream_reads_builtin_shards(cache_dir):
     spec = resolve_data("builtin:shapes", 32, cache_dir)
     first = next(stream(spec.shards, res=32, batch=16, shuffle=100))

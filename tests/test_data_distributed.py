@@ -1,8 +1,6 @@
 """The loader on 2 real ranks (gloo) x 2 DataLoader workers over uneven shards."""
 
 import json
-import os
-import socket
 
 import pytest
 import torch.multiprocessing as mp
@@ -10,14 +8,14 @@ import torch.multiprocessing as mp
 from fastgan.data.sources import shard_set
 from fastgan.data.stream import BatchStream, ImageBatches, make_plan
 from fastgan.train import distributed
+from ranks import free_port, set_rank_env
 from shardsets import write_uneven_shards
 
 SIZES = [3, 11, 7, 1, 9, 5, 13]  # 7 shards, 49 samples: nothing divides evenly
 
 
 def _rank(rank, port, shards_dir, mode, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    set_rank_env(rank, 2, port)
     d = distributed.init("cpu")
     try:
         shards = shard_set(shards_dir)
@@ -46,11 +44,8 @@ def _rank(rank, port, shards_dir, mode, out):
 @pytest.mark.parametrize("mode", ["exact", "resampled"])
 def test_two_ranks_two_workers_uneven_shards(tmp_path, mode):
     keys = write_uneven_shards(tmp_path / "s", SIZES)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "result.json"
-    mp.spawn(_rank, args=(port, str(tmp_path / "s"), mode, str(out)), nprocs=2)
+    mp.spawn(_rank, args=(free_port(), str(tmp_path / "s"), mode, str(out)), nprocs=2)
     ranks = json.loads(out.read_text())
     for epoch in range(2):
         counts = [r["epochs"][epoch]["batches"] for r in ranks]

@@ -10,6 +10,8 @@ import torch
 import torch.multiprocessing as mp
 
 from fastgan.train import distributed
+from procs import load_state
+from ranks import free_port, set_rank_env
 
 
 def _torchrun(args, timeout=300):
@@ -29,7 +31,7 @@ def test_torchrun_two_ranks_ring(tmp_path):
                    "--out", str(run)])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "over 2 rank(s)" in r.stderr
-    recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in recs] == [10, 20, 30]  # rank 0 alone writes
 
 
@@ -42,7 +44,7 @@ def test_torchrun_two_ranks_shapes(tmp_path, cache_dir):
                    "--cache-dir", cache_dir])
     assert r.returncode == 0, r.stderr[-3000:]
     assert (run / "checkpoints" / "step-00000006" / "COMPLETE").exists()
-    state = torch.load(run / "checkpoints" / "step-00000006" / "state.pt", weights_only=True)
+    state = load_state(run / "checkpoints" / "step-00000006")
     ranks = state["data"]  # every rank's loader position, for a resume
     assert [r["mode"] for r in ranks] == ["exact", "exact"]
     assert all(r["epoch"] == 0 and r["batch"] == 6 and r["samples"] == 48 for r in ranks)
@@ -51,15 +53,14 @@ def test_torchrun_two_ranks_shapes(tmp_path, cache_dir):
 
 @pytest.mark.slow
 def test_uneven_batch_is_a_clear_error(tmp_path):
-    r = _torchrun(["train", "--data", "builtin:ring", "--steps", "2", "--batch", "33", "--pack", "1",
-                   "--no-progress", "--out", str(tmp_path / "run")])
+    r = _torchrun(["train", "--data", "builtin:ring", "--steps", "2", "--batch", "33", "--pack",
+                   "1", "--no-progress", "--out", str(tmp_path / "run")])
     assert r.returncode != 0
     assert "--batch: 33 does not divide over 2 ranks" in r.stderr
 
 
 def _consistency_worker(rank, port, diverge, results):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    set_rank_env(rank, 2, port)
     d = distributed.init("cpu")
     try:
         torch.manual_seed(0)
@@ -76,15 +77,11 @@ def _consistency_worker(rank, port, diverge, results):
         distributed.shutdown()
 
 
+@pytest.mark.slow  # two processes (mp.spawn)
 @pytest.mark.parametrize("diverge", [False, True])
 def test_check_consistent(diverge):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     results = mp.Manager().dict()
-    mp.spawn(_consistency_worker, args=(port, diverge, results), nprocs=2)
+    mp.spawn(_consistency_worker, args=(free_port(), diverge, results), nprocs=2)
     if diverge:
         assert all("ranks disagree on the parameters of G" in results[r] for r in (0, 1))
     else:

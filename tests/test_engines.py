@@ -3,7 +3,6 @@ save and load across 2 real ranks."""
 
 import functools
 import json
-import os
 
 import pytest
 import torch
@@ -13,7 +12,8 @@ from fastgan.errors import UserError
 from fastgan.models.mlp import MLPDiscriminator, MLPGenerator
 from fastgan.train import checkpoint, distributed, engines
 from fastgan.train.phases import GANStep
-from ranks import free_port
+from procs import load_state
+from ranks import free_port, set_rank_env
 
 
 def _opts(**kw):
@@ -108,8 +108,7 @@ def _batch(i, rank):
 
 
 def _roundtrip_worker(rank, port, tmp, strategy, results):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    set_rank_env(rank, 2, port)
     d = distributed.init("cpu")
     try:
         torch.set_num_threads(1)
@@ -125,7 +124,7 @@ def _roundtrip_worker(rank, port, tmp, strategy, results):
         distributed.barrier(d)
         b = _gan(d, 1, strategy)  # other initial weights, fresh optimizer state
         ckpt = checkpoint.complete(tmp)[-1]
-        loaded = torch.load(ckpt / checkpoint.STATE, weights_only=True)
+        loaded = load_state(ckpt)
         for net, eng in (("G", b.G), ("D", b.D)):
             eng.module.load_state_dict(loaded[net])
             eng.load_state_dict(loaded["engines"][net], ckpt)
@@ -163,8 +162,7 @@ def test_engine_checkpoint_saves_and_loads(tmp_path, strategy):
 
 def _comm_worker(rank, port, results):
     """Count DDP's all-reduces: per network, per phase."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    set_rank_env(rank, 2, port)
     d = distributed.init("cpu")
     try:
         torch.set_num_threads(1)
@@ -209,6 +207,7 @@ def test_ddp_all_reduces_once_per_step_and_never_d_in_the_g_phase():
         assert after_g == {"G": 1, "D": 1}
 
 
+@pytest.mark.slow  # a DeepSpeed engine: the first in a venv builds its shm op (~90 s)
 def test_deepspeed_bf16_forward_runs_in_bf16_with_fp32_weights():
     """DeepSpeed takes fastgan's bf16 config: forwards through the engine in bf16, weights
     and gradients fp32. (On CPU DeepSpeed leaves an outer CPU autocast alone; on CUDA it
@@ -233,6 +232,7 @@ def test_deepspeed_bf16_forward_runs_in_bf16_with_fp32_weights():
         distributed.shutdown()
 
 
+@pytest.mark.slow  # a CLI process importing DeepSpeed (~8 s)
 def test_deepspeed_fp16_is_refused_in_one_line(tmp_path):
     from conftest import run_fastgan
 
@@ -243,6 +243,7 @@ def test_deepspeed_fp16_is_refused_in_one_line(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # a DeepSpeed engine: the first in a venv builds its shm op (~90 s)
 def test_deepspeed_without_zero_skips_a_nan_step_on_the_device():
     """ZeRO stage 0: the gradients sit in .grad after the engine's all-reduce, and the
     fused Adam that DeepSpeed steps takes fastgan's skip flag: a NaN in D's loss leaves D

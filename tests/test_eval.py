@@ -29,6 +29,7 @@ ARGS = ["--features", "randconv", "--num-gen", "80", "--num-real", "200", "--bat
         "--metrics", "fid,kid,modes", "--workers", "0"]
 
 
+@pytest.mark.slow  # shapes_run trains
 def test_eval_reports_and_caches_real_statistics(shapes_run, cache_dir, tmp_path):
     stats = tmp_path / "stats"
     first = _result(run_fastgan("eval", str(shapes_run), *ARGS, "--cache-dir", str(stats),
@@ -64,6 +65,7 @@ def test_two_ranks_give_the_numbers_of_one(shapes_run, tmp_path):
         assert two[k] == one[k]
 
 
+@pytest.mark.slow
 def test_eval_errors_are_one_line(shapes_run, tmp_path, monkeypatch):
     monkeypatch.delenv("FASTGAN_INCEPTION", raising=False)
     r = run_fastgan("eval", str(shapes_run), "--num-gen", "8", "--cache-dir", str(tmp_path))
@@ -83,3 +85,54 @@ def test_eval_errors_are_one_line(shapes_run, tmp_path, monkeypatch):
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = run_fastgan("eval", str(tmp_path / "missing"), "--features", "randconv")
     assert r.returncode == 2 and "missing" in r.stderr
+
+
+# The tests above train a run and evaluate it in processes of their own (slow); these
+# call evaluate() and sample() in this process on the checkpoint of an untrained ring
+# generator, written as training writes one.
+
+@pytest.fixture
+def ring_checkpoint(tmp_path):
+    import torch
+
+    from fastgan import models
+    from fastgan.train import checkpoint
+
+    g_kw, _ = models.model_kwargs("mlp", res=None, z_dim=16, width=16)
+    torch.manual_seed(0)
+    G = models.build_generator("mlp", g_kw)
+    payload = {"arch": "mlp", "kwargs": g_kw, "kind": "points", "dataset": "ring",
+               "z_dim": 16, "state_dict": G.state_dict(), "step": 1}
+    run = tmp_path / "run"
+    checkpoint.save(run, 1, {"step": 1}, payload, keep=2)
+    return run
+
+
+def test_evaluate_in_process_on_points(ring_checkpoint, tmp_path):
+    from fastgan.errors import UserError
+    from fastgan.metrics import evaluate
+
+    r = evaluate.evaluate(evaluate.EvalOptions(
+        ckpt=str(ring_checkpoint), metrics=("fid", "modes"), num_gen=500, num_real=500,
+        device="cpu", workers=0, cache_dir=str(tmp_path / "cache")))
+    assert r["data"] == "builtin:ring" and r["features"] == "points" and r["step"] == 1
+    assert r["generator"] == "trained" and r["num_real"] == 500
+    assert r["fid"] > 0 and r["modes_total"] == 8 and 0 <= r["modes_covered"] <= 8
+    assert "kid" not in r
+    assert evaluate.parse_metrics("fid, modes,fid") == ("fid", "modes")
+    with pytest.raises(UserError, match="--metrics: unknown iss"):
+        evaluate.parse_metrics("fid,iss")
+
+
+def test_sample_in_process_draws_a_scatter(ring_checkpoint, tmp_path):
+    from PIL import Image
+
+    from fastgan.errors import UserError
+    from fastgan.sample import sample
+
+    out = sample(str(ring_checkpoint), n=16, out=str(tmp_path / "p.png"))
+    assert out == tmp_path / "p.png"
+    with Image.open(out) as img:
+        assert img.width > 0 and img.height > 0
+    with pytest.raises(UserError, match="--out: directory"):
+        sample(str(ring_checkpoint), n=4, out=str(tmp_path / "no" / "p.png"))

@@ -20,6 +20,7 @@ def test_identical_sets_are_at_distance_zero():
     assert 0 <= d < 1e-8 * np.trace(s.cov)
 
 
+@pytest.mark.slow  # the square root of a 2048x2048 covariance (~10-17 s)
 def test_identical_sets_with_fewer_samples_than_dimensions():
     # the covariance has rank 199 of 2048, as Inception features of a small set do
     x = np.abs(np.random.default_rng(1).normal(size=(200, 2048))).astype(np.float32)

@@ -30,6 +30,7 @@ def _fired(records):
     return {w for r in records for w in r["health"]}
 
 
+@pytest.mark.slow  # whole train() runs
 def test_collapse_fires_when_D_stands_still_and_G_races(tmp_path, caplog):
     # D barely learns, so G carries every sample to the one place D likes best
     caplog.set_level(logging.WARNING, logger="fastgan")
@@ -41,6 +42,7 @@ def test_collapse_fires_when_D_stands_still_and_G_races(tmp_path, caplog):
     assert summary["health"]["collapse"] >= 3
 
 
+@pytest.mark.slow
 def test_D_wins_fires_when_G_cannot_learn(tmp_path):
     summary, records = _run(tmp_path, "dwins", lr_d=1e-2, lr_g=1e-7, pack=1, lr_decay=0.0,
                             steps=400, log_every=40)
@@ -49,6 +51,7 @@ def test_D_wins_fires_when_G_cannot_learn(tmp_path):
     assert records[-1]["D(G(z))"] < 0.01 and records[-1]["grad_G"] > 0
 
 
+@pytest.mark.slow
 def test_oscillation_fires_on_a_game_that_never_settles(tmp_path):
     # a tenfold learning rate with heavy momentum: the losses swing by orders of magnitude
     _, records = _run(tmp_path, "osc", lr_d=2e-2, lr_g=2e-2, beta1=0.9, pack=1, lr_decay=0.0,

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import collections
 import functools
-import os
 
 import pytest
 import torch.multiprocessing as mp
 
-from ranks import free_port
+from ranks import free_port, set_rank_env
 
 N = 2
 COMMON = ["--data", "builtin:shapes", "--batch", "8", "--workers", "1", "--z-dim", "16",
@@ -72,12 +71,10 @@ def _worker(rank, world, ports, tmp, cache, results):
     import torch
 
     torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1")
     strategy = "ddp" if world > 1 else "none"
     out = {}
     for port, (name, flags) in zip(ports, RUNS.items()):
-        os.environ["MASTER_PORT"] = str(port)
+        set_rank_env(rank, world, port, OMP_NUM_THREADS="1")
         out[name] = _steady_state_reads([*COMMON, *flags, "--cache-dir", cache, "--strategy",
                                          strategy], f"{tmp}/{name}")
     results[rank] = out

@@ -22,6 +22,7 @@ def ring_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # ring_run trains 240 steps
 def test_report_draws_curves_warnings_and_samples(ring_run, tmp_path):
     path = report(str(ring_run))
     assert path == ring_run / "report.png"
@@ -48,6 +49,7 @@ def test_report_errors(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_tensorboard_holds_the_scalars_and_the_sample_grids(ring_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import run_fastgan
 from fastgan.errors import UserError
 from fastgan.train import checkpoint, resume
-from procs import complete_steps, differences, start, state, torchrun, wait_for, workers
+from procs import complete_steps, differences, load_state, start, torchrun, wait_for, workers
 from ranks import run_train
 
 QUICK = ["--lr-decay", "0", "--metric-samples", "64", "--sample-every", "0", "--no-progress",
@@ -37,7 +37,7 @@ def _resumed_equals_straight(tmp_path, launch, args, n):
         assert r.returncode == 0, r.stdout + r.stderr
     assert f"resuming from {split}/checkpoints/step-{n:08d}" in r.stdout + r.stderr
     ckpt = f"checkpoints/step-{2 * n:08d}"
-    return differences(state(straight / ckpt), state(split / ckpt))
+    return differences(load_state(straight / ckpt), load_state(split / ckpt))
 
 
 @pytest.mark.slow

@@ -11,13 +11,13 @@ import sys
 import time
 
 import pytest
-from conftest import run_fastgan
-from procs import complete_steps, start, wait_for
 
+from conftest import run_fastgan
 from fastgan.errors import RunError, UserError
 from fastgan.train import runlock
 from fastgan.train.loop import read_records
 from fastgan.train.runlock import RunLock
+from procs import complete_steps, start, wait_for
 
 RING = ["--data", "builtin:ring", "--lr-decay", "0", "--no-progress"]
 

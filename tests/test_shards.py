@@ -59,6 +59,7 @@ def read_shards(out) -> list[dict]:
     return samples
 
 
+@pytest.mark.slow  # --workers 2: a process pool
 def test_shards_from_a_messy_folder(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     make_messy_folder(src)
@@ -90,6 +91,7 @@ def test_shards_from_a_messy_folder(tmp_path):
     assert np.ptp(grey[8, :, 0]) > 60 and np.abs(grey[..., 0].astype(int) - grey[..., 1]).max() <= 3
 
 
+@pytest.mark.slow  # workers=2: a process pool
 def test_shards_are_deterministic_and_zips_work(tmp_path):
     src = tmp_path / "src"
     make_messy_folder(src)

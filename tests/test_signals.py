@@ -159,3 +159,12 @@ def test_second_sigint_stops_at_once_without_a_checkpoint(tmp_path):
     log = (tmp_path / "log").read_text()
     assert log.rstrip().endswith("fastgan: interrupted"), log
     assert "stopped by" not in log and complete_steps(run) == [], log
+
+
+def test_fastgan_torchrun_is_preemptions_torchrun():
+    """``python -m fastgan.torchrun`` is train/preemption.py's torchrun, which the tests
+    above run under real signals."""
+    import fastgan.torchrun as entry
+    from fastgan.train import preemption
+
+    assert entry.torchrun is preemption.torchrun

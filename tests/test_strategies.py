@@ -12,8 +12,8 @@ pytestmark = pytest.mark.slow
 
 SHAPES = ["--width", "8", "--batch", "16", "--metric-samples", "32", "--workers", "1",
           "--log-every", "2", "--no-progress"]
-RING = ["--data", "builtin:ring", "--batch", "32", "--pack", "2", "--lr-decay", "0", "--log-every", "3",
-        "--no-progress", "--metric-samples", "64"]
+RING = ["--data", "builtin:ring", "--batch", "32", "--pack", "2", "--lr-decay", "0",
+        "--log-every", "3", "--no-progress", "--metric-samples", "64"]
 
 
 def _assert_ranks_equal(out, step):
@@ -42,7 +42,7 @@ def test_two_ranks_train_identically(tmp_path, cache_dir, flags):
     before = params(out, 0, 2)
     assert any(not torch.equal(moved[k], before[k]) for k in moved if k.startswith("G."))
     assert any(not torch.equal(moved[k], before[k]) for k in moved if k.startswith("D."))
-    recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert recs[-1]["step"] == 4 and recs[-1]["skipped_nonfinite"] == 0
     assert "r1" in recs[-1]  # the shapes preset's R1 ran (every 4 steps)
 
@@ -63,7 +63,7 @@ def test_two_ranks_train_stylegan2_with_r1_and_ema(tmp_path, cache_dir, strategy
     p2, p4 = params(out, 0, 2), params(out, 0, 4)
     for net in ("G.", "D.", "G_ema."):
         assert any(not torch.equal(p2[k], p4[k]) for k in p2 if k.startswith(net)), net
-    recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert "r1" in recs[-1] and recs[-1]["skipped_nonfinite"] == 0
 
 
@@ -111,6 +111,6 @@ def test_nan_on_one_rank_skips_the_step_on_both(tmp_path, strategy, loss):
     assert all(torch.equal(p2[k], p3[k]) for k in p2 if k.startswith(hit))
     assert any(not torch.equal(p2[k], p3[k]) for k in p2 if k.startswith(other))
     assert any(not torch.equal(p3[k], p4[k]) for k in p3 if k.startswith(hit))
-    recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert recs[-1]["skipped_nonfinite"] == 1
     assert all(v == v for r in recs for k, v in r.items() if k.startswith("loss"))

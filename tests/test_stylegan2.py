@@ -97,6 +97,7 @@ def _lowpass(c, gain, dtype=torch.float64):
     return (f2 * gain / f2.sum()).expand(c, 1, 4, 4)
 
 
+@pytest.mark.slow  # float64 gradgradchecks of both filters: 5-13 s a case here
 @pytest.mark.parametrize("pad, gain, stride", [(1, 1.0, 2), (2, 1.0, 2), (1, 4.0, 1),
                                                (2, 1.0, 1)])
 def test_blur_is_the_depthwise_lowpass_convolution(pad, gain, stride):

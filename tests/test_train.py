@@ -19,7 +19,7 @@ def test_train_shapes_then_sample(tmp_path, cache_dir):
                     "--out", str(run), "--cache-dir", cache_dir)
     assert r.returncode == 0, r.stderr
     assert json.loads((run / "config.json").read_text())["loop"]["steps"] == 12
-    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [rec["step"] for rec in records] == [5, 10, 12]
     for rec in records:
         assert EXPECTED_KEYS <= rec.keys()
@@ -95,9 +95,8 @@ def test_train_on_user_jpeg_shards(tmp_path):
 @pytest.mark.slow
 def test_train_through_bad_data_reports_skips(tmp_path):
     """A truncated shard and a corrupt image: training goes on, and says what it skipped."""
-    from shardsets import write_uneven_shards
-
     from fastgan.data import tar
+    from shardsets import write_uneven_shards
 
     write_uneven_shards(tmp_path / "shards", [12, 12, 12], res=16)
     shards = tmp_path / "shards"

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import UserError
 from ..data import images, tar
 from ..data.make_shards import ShardOptions, list_sources, make_shards
 from ..data.sources import shard_set
 from ..data.stream import BatchStream, ImageBatches, make_plan
+from ..errors import UserError
 from .meter import ROUNDS, Meter
 
 

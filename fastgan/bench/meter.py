@@ -13,8 +13,8 @@ class Meter:
     Pipelines are measured in turns (``ROUNDS`` slices each), so that a machine whose
     speed drifts (shared cores) shifts them alike and the ratios hold. A loader paused
     while another is measured fills its prefetch queue; those batches are taken untimed
-    (``drain``) before each slice, or discarded by ``flush``. ``sync`` waits for the device (CUDA runs ahead of
-    the host) at the start and end of a slice.
+    (``drain``) before each slice, or discarded by ``flush``. ``sync`` waits for the
+    device (CUDA runs ahead of the host) at the start and end of a slice.
 
     ``host_seconds`` is the time the host took to issue the batches of the slices,
     without the wait for the device at their ends: on a GPU, when it is well below

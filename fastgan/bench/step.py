@@ -17,8 +17,9 @@ the data (``fastgan bench data`` does that). With ``--data SHARDS`` and ``--fold
 included: fastgan's loader feeding fastgan's step (``--workers`` each, as ``fastgan
 train --workers``), and the classic folder DataLoader (``--workers``) feeding the
 classic step, as pytorch/examples' DCGAN trains. On a small machine the loader's
-workers share the cores with the step, which is what these rows capture. FLOPs per image are counted once on the
-baseline step (torch.utils.flop_counter), so both rows also read as achieved TFLOP/s.
+workers share the cores with the step, which is what these rows capture. FLOPs per
+image are counted once on the baseline step (torch.utils.flop_counter), so both rows
+also read as achieved TFLOP/s.
 
 What the host does per step: ``host_ms``, the time to issue one step without waiting for
 the device (on a GPU, when it is well below the step's wall time the host runs ahead);

@@ -190,7 +190,8 @@ class HealthMonitor:
         elif warning == "D-wins":
             what = (f"D(G(z)) {r['D(G(z))']:.3f}, D(x) {r['D(x)']:.3f}{g}, largest so far "
                     f"{self.max_grad_g:.3g}")
-            todo = "try a lower --lr-d, --r1-gamma (or a larger one), --augment diffaug on small data"
+            todo = ("try a lower --lr-d, --r1-gamma (or a larger one), --augment diffaug on "
+                    "small data")
         elif warning == "no-equilibrium":
             what = f"D(x) {r['D(x)']:.2f} vs D(G(z)) {r['D(G(z))']:.2f} for {GAP_RECORDS} records"
             todo = "try --r1-gamma, a lower --lr-d, or a higher --lr-g"

@@ -43,8 +43,8 @@ from . import checkpoint, distributed, engines, resume
 from .board import Board
 from .build import build_gan
 from .ema import EMA
-from .precision import resolve_precision
 from .phases import NonfiniteStreak
+from .precision import resolve_precision
 from .preemption import StopRequest, StopVote
 from .runlock import RunLock
 
