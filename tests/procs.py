@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from fastgan.train import checkpoint
+from fastgan.train import checkpoint, procfs
 
 
 def torchrun(args: list[str], *, nproc: int = 2, restarts: int = 0) -> list[str]:
@@ -30,20 +30,14 @@ def start(cmd: list[str], log: Path, **kw) -> subprocess.Popen:
 def workers(parent: int) -> dict[int, int]:
     """{rank: pid} of the training processes started by ``parent`` (torchrun)."""
     found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in procfs.children(parent):
         try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid != parent:
-                continue
-            env = (entry / "environ").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # it ended meanwhile
             continue
         for var in env:
             if var.startswith(b"RANK="):
-                found[int(var[5:])] = int(entry.name)
+                found[int(var[5:])] = pid
     return found
 
 

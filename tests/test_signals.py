@@ -16,25 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastgan.train import checkpoint
+from fastgan.train import checkpoint, procfs
 from procs import complete_steps, start, torchrun, wait_for, workers
 
 SHAPES = ["--data", "builtin:shapes", "--arch", "dcgan", "--res", "16", "--batch", "16",
           "--width", "8", "--lr-decay", "0", "--metric-samples", "64", "--sample-every", "0",
           "--no-progress", "--steps", "100000", "--log-every", "5"]
-
-
-def _children(parent: int) -> list[int]:
-    """The pids of ``parent``'s child processes."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int(
-                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
-                found.append(int(entry.name))
-        except (OSError, ValueError, IndexError):  # it ended meanwhile
-            continue
-    return found
 
 
 def _training(run: Path):
@@ -59,7 +46,7 @@ def test_signal_to_the_process_group_checkpoints_one_process(tmp_path, cache_dir
                  "--cache-dir", cache_dir, "--out", str(run)], tmp_path / "log",
                 start_new_session=True)
     wait_for(_training(run), 120, "training", job)
-    assert len(_children(job.pid)) >= 2  # the DataLoader workers, in the same group
+    assert len(procfs.children(job.pid)) >= 2  # the DataLoader workers, in the same group
     os.killpg(job.pid, sig)
     assert job.wait(60) == 0, (tmp_path / "log").read_text()
     log = (tmp_path / "log").read_text()
@@ -81,7 +68,7 @@ def test_sigterm_to_every_process_of_a_torchrun_job(tmp_path, cache_dir, launche
     ranks = wait_for(lambda: (w := workers(job.pid)) and len(w) == 2 and w, 60, "2 ranks",
                      job)
     wait_for(_training(run), 120, "training", job)
-    assert all(len(_children(pid)) >= 2 for pid in ranks.values())  # loader workers
+    assert all(len(procfs.children(pid)) >= 2 for pid in ranks.values())  # loader workers
     for session in (job.pid, *ranks.values()):
         os.killpg(session, signal.SIGTERM)
     rc = job.wait(90)

@@ -41,12 +41,12 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from . import procfs
 from .distributed import Dist
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -191,19 +191,8 @@ class LauncherSignals(SignalHandlers):
 
 def rank_pids(parent: int) -> list[int]:
     """The children of ``parent`` that lead their own session: torchrun's ranks."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            # the command name, in parentheses, may hold spaces: split after it
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            ppid, session = int(fields[1]), int(fields[3])
-        except (OSError, ValueError, IndexError):  # ended meanwhile
-            continue
-        if ppid == parent and session == int(entry.name):
-            pids.append(session)
-    return pids
+    return [pid for pid, fields in procfs.children(parent).items()
+            if int(fields[procfs.SESSION]) == pid]
 
 
 def torchrun(argv: list[str]) -> int:

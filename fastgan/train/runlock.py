@@ -33,6 +33,7 @@ import uuid
 from pathlib import Path
 
 from ..errors import RunError, UserError
+from . import procfs
 
 log = logging.getLogger("fastgan")
 
@@ -45,11 +46,10 @@ def _process_start(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (clock ticks since boot), or None if it is
     gone or a zombie: a pid and its start time name one process, even after the pid is
     reused."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = procfs.stat(pid)
+    if fields is None or fields[procfs.STATE] == "Z":
         return None
-    return None if fields[0] == "Z" else fields[19]
+    return fields[procfs.START_TIME]
 
 
 def _pid_alive(pid: int, start: str | None) -> bool:
