@@ -310,9 +310,11 @@ def _size(n: int | None) -> str:
     return f"{n} bytes ({n / 2**20:.1f} MiB)"
 
 
-def _first_line(e: BaseException) -> str:
-    """An exception's first line (torch's C++ errors run to many), or its type's name."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+def _first_line(e: BaseException, skip: re.Pattern | None = None) -> str:
+    """An exception's first line (torch's C++ errors run to many) that ``skip`` does not
+    match, or its type's name."""
+    lines = [line.strip() for line in str(e).splitlines()
+             if line.strip() and not (skip and skip.search(line))]
     return lines[0] if lines else type(e).__name__
 
 
@@ -446,6 +448,4 @@ def _load_failure(e: Exception) -> str:
     """Why torch.load failed, in a few words: the first sentence of its first line that
     is not advice about ``weights_only``. That advice (load it with weights_only=False)
     would run any code a file of unknown origin holds, so it is never passed on."""
-    lines = [line.strip() for line in str(e).splitlines()
-             if line.strip() and not _WEIGHTS_ONLY.search(line)]
-    return lines[0].split(". ")[0].rstrip(".") if lines else type(e).__name__
+    return _first_line(e, skip=_WEIGHTS_ONLY).split(". ")[0].rstrip(".")

@@ -77,6 +77,17 @@ def job_identity() -> tuple[str | None, list[int]]:
     return job, restarts
 
 
+def _holder_record(path: Path) -> dict:
+    """A lock file's record; one that cannot be read names no one (and ages like any
+    other). FileNotFoundError when there is no such lock."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError):
+        return {"host": "?", "pid": "?", "started": "?"}
+
+
 def describe(holder: dict) -> str:
     return (f"host {holder.get('host')}, pid {holder.get('pid')}"
             + (f", job {holder['job']}" if holder.get("job") else "")
@@ -150,12 +161,9 @@ class RunLock:
         """The holder's record and the seconds since it was last refreshed."""
         try:
             age = time.time() - self.path.stat().st_mtime
-            holder = json.loads(self.path.read_text())
+            return _holder_record(self.path), age
         except FileNotFoundError:
             return None, 0.0
-        except (OSError, ValueError):  # not ours to read: it ages like any other
-            holder = {"host": "?", "pid": "?", "started": "?"}
-        return holder, age
 
     def _why_gone(self, holder: dict, age: float) -> str | None:
         """Why the holder no longer runs, or None if it may."""
@@ -179,10 +187,7 @@ class RunLock:
             os.rename(self.path, aside)
         except FileNotFoundError:
             return False  # another job moved it first
-        try:
-            moved = json.loads(aside.read_text())
-        except (OSError, ValueError):
-            moved = {"host": "?", "pid": "?", "started": "?"}
+        moved = _holder_record(aside)
         if moved.get("token") != holder.get("token"):
             try:  # a live lock taken since we read: back where it was
                 os.link(aside, self.path)
