@@ -76,6 +76,16 @@ def constant_extractor():  # a plug-in, as a user would write one
     return Mean()
 
 
+def test_randconv_draws_nothing_from_the_global_generator():
+    """The training loop builds it (for the diversity signal) on rank 0 in the middle of
+    training, and after a resume again: a draw would shift StyleGAN2's noise and the
+    augmentations of every later step, so a resumed run would not be the straight one."""
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    features.RandConv()
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_plugins_load_by_module_and_name():
     ext = features.build("test_features:constant_extractor", device="cpu")
     assert ext.dim == 3 and ext(torch.zeros(2, 3, 8, 8, dtype=torch.uint8)).shape == (2, 3)

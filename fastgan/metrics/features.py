@@ -276,7 +276,9 @@ class RandConv(nn.Module):
         chans = (3, 64, 128, 128, 256)
         self.convs = nn.ModuleList()
         for cin, cout in zip(chans, chans[1:]):
-            conv = nn.Conv2d(cin, cout, 4, stride=2, padding=1)
+            # skip_init: no default initialisation, which would draw from the global
+            # generator that training's noise and augmentations draw from
+            conv = nn.utils.skip_init(nn.Conv2d, cin, cout, 4, stride=2, padding=1)
             with torch.no_grad():  # He-scaled, from our own generator: machine-independent
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=g)
                                   * (2 / (cin * 16)) ** 0.5)
