@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import UserError
+from .metrics import health
 
 W, H = 1600, 1000
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
@@ -190,3 +193,58 @@ def report(run_dir: str, out: str | None = None) -> Path:
         raise UserError(f"--out: directory {out_path.parent} does not exist")
     img.save(out_path)
     return out_path
+
+
+# ------------------------------------------------ the end of a run, in text
+
+def progress_postfix(r: dict) -> str:
+    """The progress bar's summary of a record."""
+    # a statistic is absent when every step since the last record skipped it (NaN/Inf)
+    nan = float("nan")
+    parts = [f"kimg {r['kimg']:.1f}", f"{r['img_s']:.0f} img/s",
+             f"lossD {r.get('loss_D', nan):.3f}", f"lossG {r.get('loss_G', nan):.3f}",
+             f"D(x) {r.get('D(x)', nan):.2f}", f"D(G(z)) {r.get('D(G(z))', nan):.2f}"]
+    if "modes_covered" in r:
+        parts.append(f"modes {r['modes_covered']}/{r['modes_total']}")
+    if r.get("health"):
+        parts.append("WARNING " + ",".join(r["health"]))
+    return ", ".join(parts)
+
+
+def print_summary(s: dict) -> None:
+    """What a finished run tells on stderr: its final record and where its files are."""
+    r = s["final"]
+    lines = [
+        f"fastgan: done: {s['steps']} steps in {s['elapsed_s']:.0f} s "
+        f"({s['img_s']:.0f} img/s overall)",
+        f"  final: loss_D {r.get('loss_D', float('nan')):.3f}, "
+        f"loss_G {r.get('loss_G', float('nan')):.3f}, D(x) {r.get('D(x)', float('nan')):.3f}, "
+        f"D(G(z)) {r.get('D(G(z))', float('nan')):.3f}",
+    ]
+    if r.get("skipped_nonfinite"):
+        lines.append(f"  numerics: {r['skipped_nonfinite']} micro-batch(es) dropped on every "
+                     "rank for a non-finite loss (see the warnings)")
+    if r.get("skipped_overflow_G") or r.get("skipped_overflow_D"):
+        lines.append(f"  fp16: the loss scalers skipped {r['skipped_overflow_G']} G and "
+                     f"{r['skipped_overflow_D']} D step(s) on overflow")
+    if r.get("data_skipped_samples") or r.get("data_skipped_shards"):
+        lines.append(f"  data: skipped {r['data_skipped_samples']} bad sample(s) and "
+                     f"{r['data_skipped_shards']} failed shard read(s) (see the warnings)")
+    if s.get("health"):
+        lines.append("  health: " + "; ".join(
+            f"{health.ADVICE[w]} in {n} record(s)" for w, n in s["health"].items())
+            + " (see the warnings and the README's 'Training health')")
+    if "modes_covered" in r:
+        line = f"  modes: {r['modes_covered']}/{r['modes_total']} covered"
+        if "recognisable" in r:
+            line += f", {100 * r['recognisable']:.1f}% recognisable by the oracle, " \
+                    f"mode KL {r['mode_kl']:.3f}"
+        if "high_quality" in r:
+            line += f", {100 * r['high_quality']:.1f}% high-quality samples"
+        lines.append(line)
+    lines += [
+        f"  samples:    {s['samples']}",
+        f"  checkpoint: {s['checkpoint']}",
+        f"  metrics:    {os.path.join(s['run_dir'], 'metrics.jsonl')}",
+    ]
+    print("\n".join(lines), file=sys.stderr)

@@ -11,8 +11,8 @@ import torch.multiprocessing as mp
 from fastgan.errors import UserError
 from fastgan.models.mlp import MLPDiscriminator, MLPGenerator
 from fastgan.train import checkpoint, distributed, engines
+from fastgan.train import state as train_state
 from fastgan.train.phases import GANStep
-from procs import load_state
 from ranks import free_port, set_rank_env
 
 
@@ -92,6 +92,15 @@ def test_bad_distribution_flags(tmp_path, args, message):
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def _engine_state(step: GANStep, d) -> train_state.TrainState:
+    """What a checkpoint holds of a GAN step's networks and engines."""
+    state = train_state.TrainState(d)
+    for name, piece in (("G", step.G.module), ("D", step.D.module), ("engine_G", step.G),
+                        ("engine_D", step.D)):
+        state.add(name, piece)
+    return state
+
+
 def _gan(d, seed, strategy, zero=2):
     torch.manual_seed(seed)
     G, D = MLPGenerator(z_dim=4, width=16), MLPDiscriminator(width=16)
@@ -115,19 +124,15 @@ def _roundtrip_worker(rank, port, tmp, strategy, results):
         a = _gan(d, 0, strategy)
         for i in range(1, 4):
             a(*_batch(i, rank), i)
-        state = {"G": a.G.module.state_dict(), "D": a.D.module.state_dict(),
-                 "engines": {"G": a.G.state_dict(), "D": a.D.state_dict()}}
-        checkpoint.save(tmp, 3, state, {}, keep=2,
-                        sharded=lambda t: [e.save_sharded(t) for e in (a.G, a.D)],
+        saving = _engine_state(a, d)
+        checkpoint.save(tmp, 3, saving.state_dict({"step": 3}), {}, keep=2,
+                        sharded=saving.save_sharded,
                         gather=functools.partial(distributed.all_gather_object, d=d),
                         is_main=d.is_main)
         distributed.barrier(d)
         b = _gan(d, 1, strategy)  # other initial weights, fresh optimizer state
         ckpt = checkpoint.complete(tmp)[-1]
-        loaded = load_state(ckpt)
-        for net, eng in (("G", b.G), ("D", b.D)):
-            eng.module.load_state_dict(loaded[net])
-            eng.load_state_dict(loaded["engines"][net], ckpt)
+        _engine_state(b, d).load_state_dict(train_state.load(ckpt), ckpt)
         same_at_load = all(torch.equal(p, q) for p, q in zip(
             [*a.G.module.parameters(), *a.D.module.parameters()],
             [*b.G.module.parameters(), *b.D.module.parameters()]))

@@ -6,9 +6,9 @@ import torch
 
 from fastgan.models.mlp import MLPDiscriminator, MLPGenerator
 from fastgan.train import distributed, engines
-from fastgan.train.loop import lr_scale
 from fastgan.train.phases import GANStep
 from fastgan.train.precision import resolve_precision
+from fastgan.train.schedule import lr_scale
 
 CPU = distributed.Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 

@@ -13,9 +13,10 @@ import time
 import pytest
 
 from conftest import run_fastgan
+from fastgan.cli import main as fastgan_main
 from fastgan.errors import RunError, UserError
+from fastgan.metrics.records import read_records
 from fastgan.train import runlock
-from fastgan.train.loop import read_records
 from fastgan.train.runlock import RunLock
 from procs import complete_steps, start, wait_for
 
@@ -188,3 +189,15 @@ def test_a_stop_at_a_record_keeps_that_record(tmp_path):
     r = run_fastgan("train", *args, "--steps", str(step + 5))
     assert r.returncode == 0, r.stderr
     assert _steps(run) == list(range(1, step + 6))
+
+
+def test_resume_auto_says_so_only_when_a_run_left_records_but_no_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", *RING, "--width", "16", "--steps", "2", "--out", str(run)]
+    assert fastgan_main(args) == 0
+    assert "--resume auto" not in capsys.readouterr().err  # a fresh run is just that
+    for ckpt in (run / "checkpoints").iterdir():
+        (ckpt / "COMPLETE").unlink()
+    assert fastgan_main(args) == 0
+    assert f"--resume auto: no complete checkpoint in {run}: starting afresh" in \
+        capsys.readouterr().err

@@ -39,8 +39,8 @@ from ..data.stream import PointBatches
 from ..errors import UserError
 from ..kernels import bce_with_logits_reference
 from ..train.ema import ema_beta
-from ..train.loop import lr_scale
 from ..train.phases import r1_penalty
+from ..train.schedule import lr_scale
 
 # PacGAN, Table 1 (10 trials each): (modes, high-quality %), ring then grid.
 PUBLISHED = {

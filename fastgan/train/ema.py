@@ -36,6 +36,12 @@ class EMA:
     def beta(self, images_seen: int, batch: int) -> float:
         return ema_beta(self.half_life_kimg, self.rampup, images_seen, batch)
 
+    def state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state)
+
     @torch.no_grad()
     def update(self, G: nn.Module, images_seen: int, batch: int) -> None:
         beta = self.beta(images_seen, batch)

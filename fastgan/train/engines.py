@@ -242,7 +242,8 @@ class Engine:
     # ------------------------------------------------------------- checkpoints
 
     def state_dict(self) -> dict:
-        """Optimizer and scaler state (none/ddp); DeepSpeed's lives in save()'s files."""
+        """Optimizer and scaler state (none/ddp); DeepSpeed's lives in save_sharded()'s
+        files, which this names."""
         if self.deepspeed:
             return {"deepspeed": self.name}
         out = {"optimizer": self.optimizer.state_dict()}
@@ -250,16 +251,11 @@ class Engine:
             out["scaler"] = self.scaler.state_dict()
         return out
 
-    def load_state_dict(self, state: dict, ckpt_dir: str | Path | None = None) -> None:
+    def load_state_dict(self, state: dict) -> None:
         if self.deepspeed:
-            if ckpt_dir is None or "deepspeed" not in state:
+            if "deepspeed" not in state:
                 raise UserError(f"checkpoint holds no DeepSpeed state for {self.name}")
-            # DeepSpeed returns (None, None) when nothing is there: never carry on silently
-            path, _ = self.wrapped.load_checkpoint(str(Path(ckpt_dir) / state["deepspeed"]),
-                                                   tag="engine", load_lr_scheduler_states=False)
-            if path is None:
-                raise UserError(f"{ckpt_dir}: no DeepSpeed checkpoint of {self.name}")
-            return
+            return  # load_sharded reads it
         if "optimizer" not in state:
             raise UserError(f"checkpoint holds no optimizer state for {self.name} "
                             "(was it written under --strategy deepspeed?)")
@@ -272,6 +268,16 @@ class Engine:
         if self.deepspeed:
             self.wrapped.save_checkpoint(str(ckpt_dir / self.name), tag="engine",
                                          save_latest=False)
+
+    def load_sharded(self, ckpt_dir: Path) -> None:
+        """Every rank calls this: DeepSpeed reads each rank's optimizer partition."""
+        if not self.deepspeed:
+            return
+        # DeepSpeed returns (None, None) when nothing is there: never carry on silently
+        path, _ = self.wrapped.load_checkpoint(str(Path(ckpt_dir) / self.name), tag="engine",
+                                               load_lr_scheduler_states=False)
+        if path is None:
+            raise UserError(f"{ckpt_dir}: no DeepSpeed checkpoint of {self.name}")
 
 
 def resolve_strategy(strategy: str, world: int) -> str:

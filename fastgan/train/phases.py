@@ -217,9 +217,12 @@ class GANStep:
                               self.D.overflow_skips])
         return [int(n) for n in counts.tolist()]
 
-    def load_skip_counts(self, counts: list[int]) -> None:
+    def state_dict(self) -> dict:
+        return {"skips": self.skip_counts()}
+
+    def load_state_dict(self, state: dict) -> None:
         for total, n in zip((self.nonfinite_skips, self.G.overflow_skips,
-                             self.D.overflow_skips), counts):
+                             self.D.overflow_skips), state["skips"]):
             total.fill_(n)
 
     def take_stats(self) -> dict[str, float]:

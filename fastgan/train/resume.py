@@ -17,11 +17,11 @@ position. With ``--deterministic`` the resumed run is bitwise the run that never
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
-import torch
-
+from ..config import TrainConfig
 from ..errors import RunError, UserError
 from . import checkpoint
 
@@ -152,14 +152,21 @@ def differences(saved: dict, current: dict, saved_world: int, world: int, *,
     return blocking, harmless
 
 
-def rng_state(device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+def check_settings(cfg: TrainConfig, state: dict, ckpt: Path, *, world: int, strategy: str,
+                   precision: str, is_main: bool) -> None:
+    """Refuse (unless --resume-force) to continue a checkpoint under settings that do
+    not fit it; name every other change. Every rank decides alike (same inputs)."""
+    current, saved = cfg.to_dict(), state["config"]
+    # compare what ran, not "auto"
+    current["dist"]["strategy"], current["run"]["precision"] = strategy, precision
+    saved["dist"]["strategy"] = state.get("strategy", saved["dist"]["strategy"])
+    saved["run"]["precision"] = state.get("precision", saved["run"]["precision"])
+    blocking, harmless = differences(saved, current, state["world"], world,
+                                     strategy=strategy)
+    if blocking and not cfg.run.resume_force:
+        raise UserError(f"--resume: {ckpt} was trained with other settings: "
+                        f"{'; '.join(blocking)}. Use the checkpoint's settings, another "
+                        "--out, or --resume-force")
+    if is_main and (blocking or harmless):
+        print("fastgan: resuming with changed settings: " + "; ".join(blocking + harmless),
+              file=sys.stderr)
