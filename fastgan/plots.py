@@ -38,8 +38,7 @@ def points_figure(points: np.ndarray, means: np.ndarray | None = None,
     centred on 0: half again the modes' extent, so that every plot of one dataset has one
     scale (points beyond it are off the plot), or without modes just past the points'."""
     pts = np.asarray(points, np.float64)
-    ref = pts if means is None else np.concatenate([pts, means])
-    finite = ref[np.isfinite(ref).all(axis=1)]
+    finite = pts[np.isfinite(pts).all(axis=1)]
     if means is not None:
         lim = float(np.abs(means).max()) * 1.5 + 1e-6
     else:
@@ -47,8 +46,9 @@ def points_figure(points: np.ndarray, means: np.ndarray | None = None,
     fig = new_figure(size, size, layout="constrained")
     ax = fig.add_subplot()
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
-    ax.set_title(f"{len(pts)} samples" + (", modes' 3-std circles" if means is not None
-                                          else ""), fontsize="medium")
+    off = int((~(np.abs(pts) < lim).all(axis=1)).sum())  # beyond the view, or not finite
+    ax.set_title(f"{len(pts)} samples" + (f" ({off} off the plot)" if off else "")
+                 + (", modes' 3-std circles" if means is not None else ""), fontsize="medium")
     if means is not None:
         for m in means:
             ax.add_patch(Circle(tuple(m), 3 * (std or 0), fill=False, edgecolor=MODES, lw=1.5))

@@ -33,6 +33,7 @@ def test_points_figure_draws_the_points_and_the_modes_circles():
     (ax,) = fig.axes
     lim = 1.5 * np.abs(ring.means).max()
     assert np.allclose(ax.get_xlim(), (-lim, lim)) and np.allclose(ax.get_ylim(), (-lim, lim))
+    assert ax.get_title() == "5 samples (2 off the plot), modes' 3-std circles"
     circles = [p for p in ax.patches if isinstance(p, Circle)]
     assert len(circles) == len(ring.means)
     assert np.allclose(sorted(c.center for c in circles), sorted(map(tuple, ring.means)))
@@ -49,6 +50,7 @@ def test_points_figure_without_modes_frames_the_points():
     pts = np.array([[-2.0, 0.0], [1.0, 4.0]])
     (ax,) = points_figure(pts).axes
     assert np.allclose(ax.get_xlim(), (-4.4, 4.4), atol=1e-5) and not ax.patches
+    assert ax.get_title() == "2 samples"
 
 
 def test_training_does_not_load_matplotlib_until_it_plots():
