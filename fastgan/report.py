@@ -1,10 +1,13 @@
 """``fastgan report RUN_DIR``: one PNG with what a run's metrics.jsonl says, and its
-latest samples. Drawn with Pillow (already a dependency): no plotting library.
+latest samples, drawn with matplotlib.
 
 Panels: the losses; D(x) and D(G(z)) around 0.5; the health signals (diversity, and
 on the embedded datasets modes covered and sample quality); the gradient norms (log
 scale); the newest sample grid. Records with an active health warning are shaded red
 on every curve panel, and the warnings are listed under the title.
+
+The end of a run in text is here too: the progress bar's line and the summary that
+``fastgan train`` prints.
 """
 
 from __future__ import annotations
@@ -14,16 +17,22 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PIL import Image, ImageDraw, ImageFont
+import numpy as np
+from PIL import Image
 
 from .errors import UserError
 from .metrics import health
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 W, H = 1600, 1000
-COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
-           (23, 190, 207)]
-WARN = (255, 225, 225)
+WARN = (1.0, 0.85, 0.85)  # the shading of records with a warning
+# line colours without red, which means a warning here
+COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:cyan")
 
 
 def read_records(run_dir: Path) -> list[dict]:
@@ -50,148 +59,124 @@ def latest_samples(run_dir: Path) -> Path | None:
     return grids[-1] if grids else None
 
 
-class Panel:
-    """A line chart in a box of the canvas: x is kimg."""
-
-    def __init__(self, draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title: str,
-                 xs: list[float], log: bool = False):
-        self.d, self.title, self.log = draw, title, log
-        x0, y0, x1, y1 = box
-        self.box = (x0 + 60, y0 + 24, x1 - 10, y1 - 30)  # room for ticks and title
-        self.xs = xs
-        self.xmin, self.xmax = (min(xs), max(xs)) if xs else (0.0, 1.0)
-        if self.xmax <= self.xmin:
-            self.xmax = self.xmin + 1
-        self.series: list[tuple[str, list[float | None]]] = []
-        self.hlines: list[tuple[float, tuple]] = []
-
-    def add(self, name: str, ys: list[float | None]) -> None:
-        if any(y is not None for y in ys):
-            self.series.append((name, ys))
-
-    def _t(self, y: float) -> float:
-        return math.log10(max(y, 1e-12)) if self.log else y
-
-    def render(self, font, shade: list[bool]) -> None:
-        d, (x0, y0, x1, y1) = self.d, self.box
-        vals = [self._t(y) for _, ys in self.series for y in ys
-                if y is not None and math.isfinite(y)] + [self._t(v) for v, _ in self.hlines]
-        lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
-        if hi - lo < 1e-9:
-            lo, hi = lo - 0.5, hi + 0.5
-        pad = (hi - lo) * 0.05
-        lo, hi = lo - pad, hi + pad
-
-        def px(x, y):
-            return (x0 + (x - self.xmin) / (self.xmax - self.xmin) * (x1 - x0),
-                    y1 - (self._t(y) - lo) / (hi - lo) * (y1 - y0))
-
-        n = len(self.xs)
-        for i, bad in enumerate(shade):  # the records with a warning, as bands
-            if bad and n > 1:
-                left = self.xs[max(i - 1, 0)] if i else self.xs[0]
-                a, _ = px(left, 0 if not self.log else 1)
-                b, _ = px(self.xs[i], 0 if not self.log else 1)
-                d.rectangle((a, y0, max(b, a + 2), y1), fill=WARN)
-        d.rectangle((x0, y0, x1, y1), outline=(0, 0, 0))
-        d.text((x0, y0 - 20), self.title, fill=(0, 0, 0), font=font)
-        for k in range(5):  # y ticks
-            v = lo + (hi - lo) * k / 4
-            y = y1 - (y1 - y0) * k / 4
-            label = f"{10 ** v:.2g}" if self.log else f"{v:.3g}"
-            d.line((x0 - 4, y, x0, y), fill=(0, 0, 0))
-            d.text((x0 - 56, y - 6), label, fill=(60, 60, 60), font=font)
-        for k in range(5):  # x ticks, kimg
-            v = self.xmin + (self.xmax - self.xmin) * k / 4
-            x = x0 + (x1 - x0) * k / 4
-            d.line((x, y1, x, y1 + 4), fill=(0, 0, 0))
-            d.text((x - 14, y1 + 6), f"{v:.4g}", fill=(60, 60, 60), font=font)
-        for value, colour in self.hlines:
-            _, y = px(self.xmin, value)
-            d.line((x0, y, x1, y), fill=colour, width=1)
-        for i, (name, ys) in enumerate(self.series):
-            colour = COLOURS[i % len(COLOURS)]
-            pts = [px(x, y) for x, y in zip(self.xs, ys) if y is not None and math.isfinite(y)]
-            if len(pts) > 1:
-                d.line(pts, fill=colour, width=2)
-            elif pts:
-                d.ellipse((pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2),
-                          fill=colour)
-            d.text((x0 + 8 + 120 * i, y0 + 4), name, fill=colour, font=font)
+def warning_spans(xs: list[float], records: list[dict]) -> list[tuple[float, float]]:
+    """The x ranges to shade: a record with a warning covers the steps since the record
+    before it; consecutive ones merge into one span."""
+    spans: list[tuple[float, float]] = []
+    for i, r in enumerate(records):
+        if not r.get("health"):
+            continue
+        start = xs[i - 1] if i else xs[i]
+        if spans and spans[-1][1] == start:
+            spans[-1] = (spans[-1][0], xs[i])
+        else:
+            spans.append((start, xs[i]))
+    return spans
 
 
-def report(run_dir: str, out: str | None = None) -> Path:
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise UserError(f"{run_dir}: no such run directory")
+def health_line(records: list[dict]) -> str:
+    """Which warnings were active, in how many records, from which step to which."""
+    seen: dict[str, list[int]] = {}
+    for r in records:
+        for w in r.get("health", []):
+            seen.setdefault(w, []).append(r["step"])
+    if not seen:
+        return "health: no warnings"
+    return "health warnings: " + "; ".join(
+        f"{w} at {len(s)} record(s), steps {s[0]}..{s[-1]}" for w, s in seen.items())
+
+
+def columns(records: list[dict], *keys: str) -> dict[str, list]:
+    """Series named by their metrics.jsonl keys: each record's value, None where it has
+    none."""
+    return {k: [r.get(k) for r in records] for k in keys}
+
+
+def curves(ax: Axes, title: str, xs: list[float], series: dict[str, list],
+           spans: list[tuple[float, float]], log: bool = False) -> None:
+    """One panel: each series that has a value, against kimg; the spans shaded. A record
+    without a series' value (or with a non-finite one, or on a log scale a non-positive
+    one) is skipped: the line joins its neighbours."""
+    ax.set_title(title, fontsize="medium")
+    ax.set_xlabel("kimg")
+    if log:
+        ax.set_yscale("log")
+    for a, b in spans:
+        ax.axvspan(a, b, color=WARN, lw=0, zorder=0)
+    x = np.asarray(xs, np.float64)
+    for colour, (name, ys) in zip(COLOURS, series.items()):
+        y = np.array([math.nan if v is None else v for v in ys], np.float64)
+        keep = np.isfinite(y) & (y > 0 if log else True)
+        if keep.any():  # a single value has no line to draw: a marker shows it
+            ax.plot(x[keep], y[keep], color=colour, label=name, lw=1.5,
+                    marker="o" if keep.sum() == 1 else None, ms=3)
+    if ax.lines:
+        ax.legend(loc="best", fontsize="small")
+    ax.grid(alpha=0.3)
+
+
+def report_figure(run: Path) -> Figure:
+    """The report of the run directory ``run``, as a W x H figure."""
+    # matplotlib takes about a second to import: the training loop, which imports this
+    # module for its summaries, does not load it
+    from .plots import new_figure
+
     records = read_records(run)
     xs = [r.get("kimg", r.get("step", i)) for i, r in enumerate(records)]
-
-    def col(key):
-        return [r.get(key) for r in records]
-
-    img = Image.new("RGB", (W, H), (255, 255, 255))
-    d = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
     last = records[-1]
     config = {}
     try:
         config = json.loads((run / "config.json").read_text())
     except (OSError, ValueError):
         pass
-    what = ", ".join(str(v) for v in (config.get("model", {}).get("arch"),
-                                     config.get("data", {}).get("data")) if v)
-    d.text((20, 10), f"fastgan report: {run}  ({what}; step {last.get('step')}, "
-           f"{last.get('kimg')} kimg)", fill=(0, 0, 0), font=font)
-    seen: dict[str, list[int]] = {}
-    for r in records:
-        for w in r.get("health", []):
-            seen.setdefault(w, []).append(r["step"])
-    health_line = ("health warnings: " + "; ".join(
-        f"{w} at {len(s)} record(s), steps {s[0]}..{s[-1]}" for w, s in seen.items())
-        if seen else "health: no warnings")
-    d.text((20, 28), health_line, fill=(200, 0, 0) if seen else (0, 120, 0), font=font)
-    shade = [bool(r.get("health")) for r in records]
+    what = [str(v) for v in (config.get("model", {}).get("arch"),
+                             config.get("data", {}).get("data")) if v]
+    what.append(f"step {last.get('step')}, {last.get('kimg')} kimg")
+    fig = new_figure(W, H)
+    fig.text(0.01, 0.985, f"fastgan report: {run}  ({', '.join(what)})", va="top",
+             fontsize="large")
+    spans = warning_spans(xs, records)
+    fig.text(0.01, 0.955, health_line(records), va="top",
+             color="firebrick" if spans else "darkgreen")
+    grid = fig.add_gridspec(2, 3, left=0.05, right=0.99, bottom=0.06, top=0.9, wspace=0.22,
+                            hspace=0.3)
 
-    top, mid = 50, 50 + (H - 50) // 2
-    half = (W - 560) // 2
-    losses = Panel(d, (0, top, half, mid), "losses (x: kimg)", xs)
-    losses.add("loss_D", col("loss_D"))
-    losses.add("loss_G", col("loss_G"))
-    probs = Panel(d, (half, top, 2 * half, mid), "D(x) and D(G(z)); 0.5: D cannot tell", xs)
-    probs.add("D(x)", col("D(x)"))
-    probs.add("D(G(z))", col("D(G(z))"))
-    probs.hlines.append((0.5, (150, 150, 150)))
-    signals = Panel(d, (0, mid, half, H), "health: diversity vs real (1: as varied), "
-                    "modes and quality (fractions)", xs)
-    signals.add("diversity", col("diversity"))
-    if "modes_total" in last:
-        signals.add("modes covered", [None if r.get("modes_covered") is None else
-                                      r["modes_covered"] / r["modes_total"] for r in records])
-    signals.add("high quality", col("high_quality"))
-    signals.add("recognisable", col("recognisable"))
-    signals.hlines.append((0.4, (230, 150, 150)))
-    grads = Panel(d, (half, mid, 2 * half, H), "gradient norms (log scale)", xs, log=True)
-    grads.add("grad_G", col("grad_G"))
-    grads.add("grad_D", col("grad_D"))
-    for p in (losses, probs, signals, grads):
-        p.render(font, shade)
+    curves(fig.add_subplot(grid[0, 0]), "losses", xs, columns(records, "loss_D", "loss_G"),
+           spans)
+    probs = fig.add_subplot(grid[0, 1])
+    curves(probs, "D(x) and D(G(z)); 0.5: D cannot tell", xs,
+           columns(records, "D(x)", "D(G(z))"), spans)
+    probs.axhline(0.5, color="grey", ls="--", lw=1)
+    signals = fig.add_subplot(grid[1, 0])
+    modes = [r["modes_covered"] / r["modes_total"] if r.get("modes_total") else None
+             for r in records]
+    curves(signals, "health: diversity vs real (1: as varied), modes and quality (fractions)",
+           xs, {**columns(records, "diversity"), "modes covered": modes,
+                **columns(records, "high_quality", "recognisable")}, spans)
+    signals.axhline(health.COLLAPSE_DIVERSITY, color="firebrick", ls="--", lw=1)
+    curves(fig.add_subplot(grid[1, 1]), "gradient norms (log scale)", xs,
+           columns(records, "grad_G", "grad_D"), spans, log=True)
 
-    grid = latest_samples(run)
-    box = (2 * half + 20, top + 24, W - 20, H - 20)
-    d.text((box[0], top + 4), f"samples: {grid.name if grid else 'none yet'}",
-           fill=(0, 0, 0), font=font)
-    if grid is not None:
-        with Image.open(grid) as g:
-            g = g.convert("RGB")
-            scale = min((box[2] - box[0]) / g.width, (box[3] - box[1]) / g.height)
-            g = g.resize((max(1, int(g.width * scale)), max(1, int(g.height * scale))),
-                         Image.NEAREST if scale >= 1 else Image.LANCZOS)
-            img.paste(g, (box[0], box[1]))
+    samples = fig.add_subplot(grid[:, 2])
+    path = latest_samples(run)
+    samples.set_title(f"samples: {path.name if path else 'none yet'}", fontsize="medium")
+    samples.set_axis_off()
+    if path is not None:
+        with Image.open(path) as g:
+            samples.imshow(np.asarray(g.convert("RGB")))
+    return fig
+
+
+def report(run_dir: str, out: str | None = None) -> Path:
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
     out_path = Path(out) if out else run / "report.png"
     if not out_path.parent.exists():
         raise UserError(f"--out: directory {out_path.parent} does not exist")
-    img.save(out_path)
+    from .plots import to_image  # (not at the top: see report_figure)
+
+    to_image(report_figure(run)).save(out_path)
     return out_path
 
 

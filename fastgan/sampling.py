@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch import nn
 
 
@@ -69,27 +69,9 @@ def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2,
 
 def points_plot(points: np.ndarray, means: np.ndarray | None = None, std: float | None = None,
                 size: int = 512) -> Image.Image:
-    """A scatter plot of 2-D points (blue), with the true modes' 3-std circles (red)."""
-    pts = np.asarray(points, np.float64)
-    ref = pts if means is None else np.concatenate([pts, means])
-    finite = ref[np.isfinite(ref).all(axis=1)]
-    if means is not None:
-        lim = float(np.abs(means).max()) * 1.5 + 1e-6
-    else:
-        lim = float(np.abs(finite).max()) * 1.1 + 1e-6 if len(finite) else 1.0
-    img = Image.new("RGB", (size, size), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
+    """A ``size`` x ``size`` scatter plot of 2-D points (blue), with the true modes'
+    3-std circles (red)."""
+    # matplotlib takes about a second to import: only the processes that plot load it
+    from .plots import points_figure, to_image
 
-    def px(p):
-        return ((p[0] / lim + 1) * size / 2, (1 - p[1] / lim) * size / 2)
-
-    if means is not None:
-        r = max(3.0, 3 * (std or 0) / lim * size / 2)
-        for m in means:
-            x, y = px(m)
-            draw.ellipse((x - r, y - r, x + r, y + r), outline=(220, 40, 40), width=2)
-    for p in pts:
-        if np.isfinite(p).all() and (np.abs(p) < lim).all():
-            x, y = px(p)
-            draw.rectangle((x - 1, y - 1, x, y), fill=(30, 60, 200))
-    return img
+    return to_image(points_figure(points, means, std, size))
