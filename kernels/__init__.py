@@ -20,10 +20,19 @@ import torch
 from . import triton_support
 from .bce import REDUCTIONS, bce_with_logits_reference, bce_with_logits_triton
 from .bias_act import ACTIVATIONS, bias_act_reference, bias_act_triton
-from .gan_loss import d_loss_reference, d_loss_triton, g_loss_reference, g_loss_triton
+from .gan_loss import (
+    d_loss_reference,
+    d_loss_triton,
+    g_loss_reference,
+    g_loss_triton,
+    rpgan_d_loss_reference,
+    rpgan_d_loss_triton,
+    rpgan_g_loss_reference,
+    rpgan_g_loss_triton,
+)
 
-__all__ = ["bce_with_logits", "gan_d_loss", "gan_g_loss", "bias_act", "backend",
-           "REDUCTIONS", "ACTIVATIONS"]
+__all__ = ["bce_with_logits", "gan_d_loss", "gan_g_loss", "rpgan_d_loss", "rpgan_g_loss",
+           "bias_act", "backend", "REDUCTIONS", "ACTIVATIONS"]
 
 _BACKENDS = ("auto", "triton", "torch")
 
@@ -76,6 +85,25 @@ def gan_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     if use_triton(fake_logits):
         return g_loss_triton(fake_logits)
     return g_loss_reference(fake_logits)
+
+
+def rpgan_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor):
+    """Relativistic pairing loss (R3GAN), discriminator phase: mean softplus(-(D(x) -
+    D(G(z)))) over logits paired elementwise (same shape). Returns (loss, mean D(x), mean
+    D(G(z)), mean sigmoid(D(x) - D(G(z)))), all float32 tensors; the last is the one
+    that reads as a probability under this loss (see gan_loss.py)."""
+    if use_triton(real_logits, fake_logits):
+        return rpgan_d_loss_triton(real_logits, fake_logits)
+    return rpgan_d_loss_reference(real_logits, fake_logits)
+
+
+def rpgan_g_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Relativistic pairing loss (R3GAN), generator phase: mean softplus(-(D(G(z)) -
+    D(x))), float32. D(x) comes from the frozen D; it gets a gradient only if it
+    requires one."""
+    if use_triton(real_logits, fake_logits):
+        return rpgan_g_loss_triton(real_logits, fake_logits)
+    return rpgan_g_loss_reference(real_logits, fake_logits)
 
 
 def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1,

@@ -100,12 +100,14 @@ def test_bench_kernels_measures_every_op_and_pass():
                              device="cpu", timer=timer, compiled=False)
     rows += bk.bench_losses(8, device="cpu", timer=timer, compiled=False)
     assert {(r["op"], r["impl"], r["pass"]) for r in rows} == {
-        (op, impl, phase) for op in ("bias_act lrelu", "GAN D-loss step", "bce_with_logits")
+        (op, impl, phase)
+        for op in ("bias_act lrelu", "GAN D-loss step", "RpGAN D-loss step", "bce_with_logits")
         for impl in ("triton", "eager") for phase in ("forward", "backward",
                                                       "forward+backward")}
     text = bk.table({"device": "cpu", "copy_gb_s": 100.0, "rows": rows})
     assert "bias_act lrelu [2, 3, 4, 4] channels_last forward+backward" in text
     assert "GAN D-loss step [8, 1] forward" in text
+    assert "RpGAN D-loss step [8, 1] forward+backward" in text
 
 
 @pytest.mark.slow  # trains through both steps and both loaders (~40 s)

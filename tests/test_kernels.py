@@ -13,7 +13,11 @@ import torch.nn.functional as F
 
 from fastgan import kernels
 from fastgan.kernels.bias_act import bias_act_reference
-from fastgan.kernels.gan_loss import d_loss_reference
+from fastgan.kernels.gan_loss import (
+    d_loss_reference,
+    rpgan_d_loss_reference,
+    rpgan_g_loss_reference,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ACTS = list(kernels.ACTIVATIONS)
@@ -134,6 +138,93 @@ def test_gan_losses_half_logits_and_extremes(backend):
     torch.testing.assert_close(d_real, ref_real)
     torch.testing.assert_close(d_fake, ref_fake)
     assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads(loss, (real, fake)))
+
+
+# ------------------------------------------------------------------ relativistic pairing
+
+def softplus_pairing(a, b):
+    """R3GAN's loss spelled out with torch's own ops: mean softplus(-(a - b)), in fp32."""
+    return F.softplus(-(a.float() - b.float())).mean()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n", [1, 3, 1025])  # 1025: a second, masked chunk of the kernel
+def test_rpgan_losses_statistics_and_gradients(backend, n, dtype):
+    real = rand(n, 1, scale=3, dtype=dtype).requires_grad_()
+    fake = rand(n, 1, seed=1, scale=3, dtype=dtype).requires_grad_()
+    a, b = real.detach().float(), fake.detach().float()
+    out = kernels.rpgan_d_loss(real, fake)
+    assert [t.dtype for t in out] == [torch.float32] * 4
+    assert not any(t.requires_grad for t in out[1:])  # statistics carry no graph
+    expected = softplus_pairing(real, fake)
+    stats = (torch.sigmoid(a).mean(), torch.sigmoid(b).mean(), torch.sigmoid(a - b).mean())
+    torch.testing.assert_close(out, (expected, *stats))
+    torch.testing.assert_close(out, rpgan_d_loss_reference(real, fake))
+    d_grads = grads(out[0], (real, fake))
+    assert [g.dtype for g in d_grads] == [dtype, dtype]
+    torch.testing.assert_close(d_grads, grads(expected, (real, fake)))
+    torch.testing.assert_close(d_grads, grads(rpgan_d_loss_reference(real, fake)[0],
+                                              (real, fake)))
+    # G phase: the same pairing, the other way round, with gradients for both logits
+    g_loss = kernels.rpgan_g_loss(real, fake)
+    g_expected = softplus_pairing(fake, real)
+    assert g_loss.dtype == torch.float32
+    torch.testing.assert_close(g_loss, g_expected)
+    torch.testing.assert_close(g_loss, rpgan_g_loss_reference(real, fake))
+    g_grads = grads(g_loss, (real, fake))
+    torch.testing.assert_close(g_grads, grads(g_expected, (real, fake)))
+    # D frozen: D(x) needs no gradient, and G's is unchanged
+    g_frozen = kernels.rpgan_g_loss(real.detach(), fake)
+    torch.testing.assert_close(grads(g_frozen, fake), g_grads[1:])
+
+
+def test_rpgan_extremes_and_what_the_statistics_mean(backend):
+    """Finite at saturated logits; the loss and sigmoid(D(x) - D(G(z))) ignore a common
+    shift of the logits, the mean sigmoid of each does not (see gan_loss.py)."""
+    real = torch.tensor([[100.0], [-100.0], [0.5], [30.0]], device=DEVICE,
+                        dtype=torch.bfloat16, requires_grad=True)
+    fake = torch.tensor([[-100.0], [100.0], [0.0], [30.0]], device=DEVICE,
+                        dtype=torch.bfloat16, requires_grad=True)
+    out = kernels.rpgan_d_loss(real, fake)
+    torch.testing.assert_close(out, rpgan_d_loss_reference(real, fake))
+    for loss in (out[0], kernels.rpgan_g_loss(real, fake)):
+        assert torch.isfinite(loss)
+        assert all(torch.isfinite(g).all() for g in grads(loss, (real, fake)))
+    real, fake = rand(64, 1, scale=2), rand(64, 1, seed=1, scale=2)
+    loss, d_real, d_fake, d_pair = kernels.rpgan_d_loss(real, fake)
+    s_loss, s_real, s_fake, s_pair = kernels.rpgan_d_loss(real + 4, fake + 4)
+    torch.testing.assert_close((s_loss, s_pair), (loss, d_pair))
+    assert s_real > d_real + 0.1 and s_fake > d_fake + 0.1
+
+
+def test_rpgan_pairs_logits_of_one_shape(backend):
+    column = torch.zeros(4, 1, device=DEVICE)
+    for other in (torch.zeros(4, device=DEVICE), torch.zeros(5, 1, device=DEVICE)):
+        with pytest.raises(ValueError, match="pairs real and fake logits elementwise"):
+            kernels.rpgan_d_loss(column, other)
+        with pytest.raises(ValueError, match="pairs real and fake logits elementwise"):
+            kernels.rpgan_g_loss(other, column)
+
+
+@pytest.mark.parametrize("phase", ["d", "g"])
+def test_rpgan_second_order_matches_autograd(phase, monkeypatch):
+    """create_graph through either path gives autograd's own second derivatives."""
+    op = kernels.rpgan_d_loss if phase == "d" else kernels.rpgan_g_loss
+    results = {}
+    for setting in ("torch", "triton", "autograd"):
+        monkeypatch.setenv("FASTGAN_KERNELS", "torch" if setting == "autograd" else setting)
+        real = rand(5, 1, scale=2).requires_grad_()
+        fake = rand(5, 1, seed=1, scale=2).requires_grad_()
+        if setting == "autograd":
+            loss = softplus_pairing(*((real, fake) if phase == "d" else (fake, real)))
+        else:
+            loss = op(real, fake)
+            loss = loss[0] if phase == "d" else loss
+        gr, gf = torch.autograd.grad(loss, (real, fake), create_graph=True)
+        scalar = (gr ** 2).sum() + (gf * rand(5, 1, seed=2)).sum()
+        results[setting] = (gr.detach(), gf.detach(), *torch.autograd.grad(scalar, (real, fake)))
+    for setting in ("torch", "triton"):
+        torch.testing.assert_close(results[setting], results["autograd"], msg=setting)
 
 
 def test_backend_setting_is_validated(monkeypatch):
@@ -274,10 +365,12 @@ def test_dispatch_takes_the_path_it_says(monkeypatch):
         monkeypatch.setenv("FASTGAN_KERNELS", setting)
         names[setting] = (type(kernels.bias_act(x, b, act="relu").grad_fn).__name__,
                           type(kernels.bce_with_logits(logits, 1.0).grad_fn).__name__,
-                          type(kernels.gan_d_loss(logits, logits)[0].grad_fn).__name__)
+                          type(kernels.gan_d_loss(logits, logits)[0].grad_fn).__name__,
+                          type(kernels.rpgan_d_loss(logits, logits)[0].grad_fn).__name__)
     assert names["triton"] == ("GeneratedBackwardFor_fastgan_bias_act_defaultBackward",
                                "_BCEWithLogitsBackward",
-                               "GeneratedBackwardFor_fastgan_gan_loss_defaultBackward")
+                               "GeneratedBackwardFor_fastgan_gan_loss_defaultBackward",
+                               "GeneratedBackwardFor_fastgan_rpgan_loss_defaultBackward")
     assert not set(names["torch"]) & set(names["triton"])
     monkeypatch.setenv("FASTGAN_KERNELS", "auto")  # auto: Triton on CUDA tensors only
     auto = type(kernels.bias_act(x, b, act="relu").grad_fn).__name__
@@ -304,6 +397,29 @@ def test_gan_losses_are_a_registered_op_that_compiles(monkeypatch):
     for a, b in zip(ours, eager):
         torch.testing.assert_close(a, b)
     assert not ours[1].requires_grad and not eager[1].requires_grad
+    torch.testing.assert_close(grads(ours[0], (rc, fc)), grads(eager[0], (re, fe)))
+
+
+# Unmarked: after the test above has warmed up torch.compile it takes ~3 s on this CPU
+# (~12 s alone, most of it the first compile of the session)
+def test_rpgan_losses_are_a_registered_op_that_compiles(monkeypatch):
+    """As the non-saturating losses: opcheck passes for both phases, torch.compile
+    traces them whole (fullgraph), values and gradients equal to eager."""
+    monkeypatch.setenv("FASTGAN_KERNELS", "triton")
+    real, fake = rand(6, 1, scale=3), rand(6, 1, scale=3, seed=2)
+    for g_phase in (False, True):
+        torch.library.opcheck(torch.ops.fastgan.rpgan_loss.default, (real, fake, g_phase))
+
+    def phases(real, fake):
+        loss_d, *stats = kernels.rpgan_d_loss(real, fake)
+        return loss_d + 2 * kernels.rpgan_g_loss(real, fake), *stats
+
+    compiled = torch.compile(phases, fullgraph=True, backend="aot_eager")
+    re, fe = real.clone().requires_grad_(), fake.clone().requires_grad_()
+    rc, fc = real.clone().requires_grad_(), fake.clone().requires_grad_()
+    eager, ours = phases(re, fe), compiled(rc, fc)
+    torch.testing.assert_close(ours, eager)
+    assert not any(t.requires_grad for t in ours[1:])
     torch.testing.assert_close(grads(ours[0], (rc, fc)), grads(eager[0], (re, fe)))
 
 

@@ -5,7 +5,8 @@ Times are medians of ``triton.testing.do_bench``. bias_act is memory-bound: its 
 of merit is the share of the measured device-to-device copy bandwidth it reaches (bytes
 counted: forward reads x and writes y; backward reads dy and x, writes dx, and reads dx
 again for the bias gradient). The GAN-loss step on [N, 1] logits is launch-bound: it
-reports microseconds and the number of kernel launches per call. torch.compile is
+reports microseconds and the number of kernel launches per call, for the
+non-saturating and the relativistic pairing (RpGAN) D losses. torch.compile is
 timed on first-order gradients only (it does not support double backward).
 
 On CPU it refuses: interpreted Triton timings mean nothing.
@@ -101,6 +102,11 @@ def bench_losses(n: int, *, device="cuda", timer=_bench, compiled=True) -> list[
             "triton": lambda: gan_loss.d_loss_triton(real, fake)[0],
             "eager": lambda: gan_loss.d_loss_reference(real, fake)[0],
             "compile": lambda: gan_loss.d_loss_reference(real, fake)[0],
+        },
+        "RpGAN D-loss step": {
+            "triton": lambda: gan_loss.rpgan_d_loss_triton(real, fake)[0],
+            "eager": lambda: gan_loss.rpgan_d_loss_reference(real, fake)[0],
+            "compile": lambda: gan_loss.rpgan_d_loss_reference(real, fake)[0],
         },
         "bce_with_logits": {
             "triton": lambda: bce.bce_with_logits_triton(fake, 1.0),
