@@ -118,10 +118,6 @@ def upsample2d_polyphase(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def downsample2d(x: torch.Tensor) -> torch.Tensor:
-    return blur(x, pad=1, stride=2)
-
-
 def precision_scope(x: torch.Tensor, fp16: bool):
     """The context for a block: under an fp16 autocast, blocks not meant for fp16 run
     with autocast off (their input must then be cast to fp32: see ``as_block_input``)."""
