@@ -1,11 +1,12 @@
-"""The one place that knows about process groups and wrappers.
+"""The process groups and the collectives on them (wrapping networks in DDP or DeepSpeed
+is engines.py's, the one place that knows those).
 
 Initialisation comes from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR/PORT): nccl on CUDA, gloo on CPU. With one process nothing is initialised
 and nothing is wrapped, so a plain ``fastgan train`` pays no distributed overhead.
 
-Wrapping the networks (DDP, DeepSpeed) is engines.py's business; this module holds the
-process group and the few collectives the loop and the phases share.
+This module holds the process group and the few collectives the loop and the phases
+share.
 
 Beside the main group (nccl on GPUs) every multi-process run has a **control group**
 (gloo, on the CPU) for messages the host itself must act on, such as "a rank was asked
