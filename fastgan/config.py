@@ -66,7 +66,9 @@ class OptimConfig:
     beta2: float = opt(0.999, "Adam beta2")
     lr_decay: float = opt(0.0, "final fraction of training over which both learning rates "
                           "fall linearly to zero (0: constant)")
-    r1_gamma: float = opt(0.0, "R1 penalty weight on D's gradient at real data (0: off)")
+    r1_gamma: float | None = opt(None, "R1 penalty weight on D's gradient at real data "
+                                 "(0: off; default: the dataset's preset, else 0.0002 * "
+                                 "res^2 / batch for stylegan2, else 0)")
     r1_interval: int = opt(4, "steps between (lazy) R1 penalties")
     augment: str = opt("none", "diffaug: D sees real and generated images through random "
                        "colour, translation and cutout (for small datasets)",
@@ -309,8 +311,9 @@ def resolve(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
         m.arch = "mlp" if points else "dcgan"
     if m.z_dim is None:
         m.z_dim = {"mlp": 16, "stylegan2": 512}.get(m.arch, 100)
-    if cfg.optim.r1_gamma is None:  # StyleGAN2-ADA's heuristic
-        cfg.optim.r1_gamma = 0.0002 * (cfg.data.res or 32) ** 2 / cfg.loop.batch
+    if cfg.optim.r1_gamma is None:  # StyleGAN2-ADA's heuristic for stylegan2, else off
+        cfg.optim.r1_gamma = (0.0002 * (cfg.data.res or 32) ** 2 / cfg.loop.batch
+                              if m.arch == "stylegan2" else 0.0)
     if cfg.optim.ema_kimg is None:
         cfg.optim.ema_kimg = 10.0 if m.arch == "stylegan2" else 0.0
     if m.width is None:
