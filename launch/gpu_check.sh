@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check, in one go (about 6 minutes on an H100 before the sync stage and the
-# --compile rows were added: not yet timed with them; GPU_CHECK_BUDGET cuts what does not
-# fit). Stages, in order:
+# The GPU check, in one go, within GPU_CHECK_BUDGET seconds (default 480; the commands
+# that do not fit are cut short or skipped, and reported). Stages, in order:
 #   kernels  the kernel tests with Triton compiled for CUDA (not interpreted), the
 #            Triton-path training test, then `fastgan bench kernels`
 #   sync     launch/sync_check.py: steady-state training steps (DCGAN, StyleGAN2; fp32,

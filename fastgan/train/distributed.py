@@ -69,7 +69,7 @@ def init(device_flag: str = "auto", *, group_of_one: bool = False,
     if world > 1 and not dist.is_initialized():
         # torchrun --max-restarts starts each attempt's workers on the same store; keys
         # of the dead attempt (its ranks' addresses) would then be read before the new
-        # ranks write theirs ("Connection refused"; seen here on the first restart).
+        # ranks write theirs ("Connection refused" on the first restart).
         # A prefix per attempt keeps each attempt to its own keys.
         store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
@@ -93,8 +93,8 @@ def shutdown() -> None:
     DDP wrappers caught in reference cycles (modules, phases, optimizers) would
     otherwise outlive the group and be destroyed during interpreter finalisation,
     where gloo's threads can abort the process ("terminate called without an active
-    exception", about one run in twenty here) and torchrun reports a finished run
-    as failed. So: collect them first, then destroy the group.
+    exception") and torchrun reports a finished run as failed. So: collect them
+    first, then destroy the group.
     """
     if dist.is_initialized():
         gc.collect()
