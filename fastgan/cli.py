@@ -221,10 +221,10 @@ def main(argv: list[str] | None = None) -> int:
 
             train(cfg)
         elif args.command == "sample":
-            from .sample import sample
+            from .sample_command import write_samples
 
-            path = sample(args.ckpt, n=_int_flag(args.n, "--n", 1), out=args.out,
-                          seed=_int_flag(args.seed, "--seed", 0), device=args.device)
+            path = write_samples(args.ckpt, n=_int_flag(args.n, "--n", 1), out=args.out,
+                                 seed=_int_flag(args.seed, "--seed", 0), device=args.device)
             print(path)
         elif args.command == "shards":
             from .data.make_shards import make_shards, summary_line

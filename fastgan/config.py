@@ -66,7 +66,9 @@ class OptimConfig:
     beta2: float = opt(0.999, "Adam beta2")
     lr_decay: float = opt(0.0, "final fraction of training over which both learning rates "
                           "fall linearly to zero (0: constant)")
-    r1_gamma: float = opt(0.0, "R1 penalty weight on D's gradient at real data (0: off)")
+    r1_gamma: float | None = opt(None, "R1 penalty weight on D's gradient at real data "
+                                 "(0: off; default: the dataset's preset, else 0.0002 * "
+                                 "res^2 / batch for stylegan2, else 0)")
     r1_interval: int = opt(4, "steps between (lazy) R1 penalties")
     augment: str = opt("none", "diffaug: D sees real and generated images through random "
                        "colour, translation and cutout (for small datasets)",
@@ -241,22 +243,17 @@ def load_toml(path: str) -> dict:
 # ---------------------------------------------------------------------- presets
 
 # Settings per embedded dataset, for the fields the user left unset; the general flag
-# defaults (Adam 2e-4, betas (0.5, 0.999)) hold everywhere else. Each preset was tuned
-# on a 2-core CPU to learn in minutes:
-# * shapes: DCGAN at width 32 (3x the images/s of width 64) with lr 1e-3, kept stable by
-#   lazy R1 (gamma 10 every 4 steps). Plain DCGAN at 2e-4 learned 3x slower here and,
-#   around 150 kimg, fell into "D wins" collapse (D(x) -> 1, D(G(z)) -> 0).
+# defaults (Adam 2e-4, betas (0.5, 0.999)) hold everywhere else. Each preset learns in
+# minutes on a 2-core CPU (how they were found: BENCHMARKS.md, "Why the defaults are what
+# they are"):
+# * shapes: DCGAN at width 32 with lr 1e-3, kept stable by lazy R1 (gamma 10 every 4
+#   steps).
 # * ring/grid: PacGAN's batch of 100 with packing 2, a 16-d latent, MLPs of 128 units
 #   working in unit-variance coordinates, and lr 1e-3 decaying linearly to zero over the
-#   second half (the decay is what pulls the samples into the 3-std discs; without it
-#   they stay smeared). Length decides quality here (BENCHMARKS.md, "2-D mode
-#   benchmark"): the grid's 25 modes need 40,000 steps, the ring 28,000. PacGAN's
-#   4x400 generator cost 4x as much per step and, at equal time, did worse. The grid
-#   adds a latent mixture of 100 Gaussians (models/mlp.py: without it a tenth of its
-#   samples lay on the lines between modes or wide of them) and a light lazy R1 (gamma
-#   0.01 every 16 steps: no seed of ten then ended below 91% high quality; with the
-#   mixture alone one in five ended near 85%). On the ring the mixture made one seed in
-#   five end at 86% high quality instead of 95-97%: not there.
+#   second half (the decay pulls the samples into the 3-std discs). Length decides
+#   quality: the grid's 25 modes need 40,000 steps, the ring's 8 28,000. The grid adds a
+#   latent mixture of 100 Gaussians (models/mlp.py) and a light lazy R1 (gamma 0.01
+#   every 16 steps); the ring keeps one Gaussian.
 PRESETS: dict[str, dict] = {
     "shapes": dict(res=32, arch="dcgan", width=32, batch=64, kimg=400.0, log_every=500,
                    sample_every=1000, ckpt_every=2000, lr_g=1e-3, lr_d=1e-3, r1_gamma=10.0,
@@ -274,9 +271,8 @@ ARCH_PRESETS: dict[str, dict] = {
     "stylegan2": dict(lr_g=0.0025, lr_d=0.0025, beta1=0.0, beta2=0.99, r1_interval=16,
                       r1_gamma=None, ema_kimg=10.0),
 }
-# The heuristic R1 gamma (0.003 at 32x32, batch 64) is too weak for the shapes: D won
-# (D(x) 0.91) and G collapsed to 3 of 16 modes by 120 kimg; gamma 1 kept D(x) near 0.77
-# and coverage rising (6/16, 75% recognisable at 120 kimg; 7/16, 88% at 250; width 16, z 64).
+# StyleGAN2 on the shapes: gamma 1, as the heuristic (0.003 at 32x32, batch 64) lets D win
+# and G collapse (BENCHMARKS.md, "Why the defaults are what they are").
 ARCH_DATASET_PRESETS: dict[tuple[str, str], dict] = {
     ("stylegan2", "shapes"): dict(r1_gamma=1.0),
 }
@@ -309,8 +305,9 @@ def resolve(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
         m.arch = "mlp" if points else "dcgan"
     if m.z_dim is None:
         m.z_dim = {"mlp": 16, "stylegan2": 512}.get(m.arch, 100)
-    if cfg.optim.r1_gamma is None:  # StyleGAN2-ADA's heuristic
-        cfg.optim.r1_gamma = 0.0002 * (cfg.data.res or 32) ** 2 / cfg.loop.batch
+    if cfg.optim.r1_gamma is None:  # StyleGAN2-ADA's heuristic for stylegan2, else off
+        cfg.optim.r1_gamma = (0.0002 * (cfg.data.res or 32) ** 2 / cfg.loop.batch
+                              if m.arch == "stylegan2" else 0.0)
     if cfg.optim.ema_kimg is None:
         cfg.optim.ema_kimg = 10.0 if m.arch == "stylegan2" else 0.0
     if m.width is None:

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check, in one go (about 6 minutes on an H100 before the sync stage and the
-# --compile rows were added: not yet timed with them; GPU_CHECK_BUDGET cuts what does not
-# fit). Stages, in order:
+# The GPU check, in one go, within GPU_CHECK_BUDGET seconds (default 480; the commands
+# that do not fit are cut short or skipped, and reported). Stages, in order:
 #   kernels  the kernel tests with Triton compiled for CUDA (not interpreted), the
 #            Triton-path training test, then `fastgan bench kernels`
 #   sync     launch/sync_check.py: steady-state training steps (DCGAN, StyleGAN2; fp32,
@@ -9,6 +8,7 @@
 #   step     `fastgan bench step`: DCGAN 64 (batch 64) per precision with --compile,
 #            StyleGAN2 256 (batch 16, NVlabs' default at 256 on one GPU) in bf16 with
 #            --compile and in fp16, DeepSpeed ZeRO-1 against none (DCGAN 64, batch 64)
+#            and the StyleGAN2 256 profile (python -m fastgan.bench.stylegan2_profile)
 #   train    short `fastgan train` runs on the GPU (DCGAN, StyleGAN2, DeepSpeed with a
 #            resume) and `fastgan sample` from the result
 # Results go to $OUT (default ./gpu_check_out): summary.txt (the last thing printed) and
@@ -75,7 +75,7 @@ step)
         --batch 16 --precision bf16 --seconds 30 --compile --json "$LOGS/step_sg2_256_bf16.json"
     run step_sg2_256_fp16 150 python -m fastgan bench step --arch stylegan2 --res 256 \
         --batch 16 --precision fp16 --seconds 30 --json "$LOGS/step_sg2_256_fp16.json"
-    run stylegan2_probe 150 python launch/stylegan2_probe.py
+    run stylegan2_profile 150 python -m fastgan.bench.stylegan2_profile
     ;;
 train)
     export FASTGAN_CACHE="$PWD/.gpu-cache"

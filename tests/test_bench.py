@@ -179,3 +179,20 @@ def test_bench_step_on_two_ranks(tmp_path, strategy):
     assert result["world"] == 2 and result["strategy"] == strategy
     assert result["img_s"] > 0 and result["baseline_img_s"] > 0
     assert r.stdout.count("fastgan bench step:") == 1  # rank 0 alone prints
+
+
+@pytest.mark.slow  # five StyleGAN2 steps on a CPU, ~10 s
+def test_stylegan2_profile_runs_on_cpu():
+    """The profile's own code at a toy size: what launch/gpu_check.sh runs on a GPU must
+    not fail for a typo."""
+    from fastgan.bench import stylegan2_profile as profile
+    from fastgan.train import distributed
+
+    d = distributed.init("cpu")
+    try:
+        step = profile.make_step(d, res=8, batch=2, precision="fp32", channels_last=False)
+        assert profile.images_per_second(step, d.device, steps=1) > 0
+        by_time, by_host = profile.profile_tables(step, d.device, steps=1)
+        assert "Self CPU" in by_time and "Self CPU" in by_host
+    finally:
+        distributed.shutdown()

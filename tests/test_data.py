@@ -18,9 +18,10 @@ from PIL import Image
 
 from fastgan.data import builtin, tar
 from fastgan.data.images import decode_image
+from fastgan.data.shard_reader import exact_ranges
 from fastgan.data.shards import write_shards
 from fastgan.data.sources import ShardSet, resolve_data, shard_set
-from fastgan.data.stream import BatchStream, ImageBatches, exact_ranges, make_plan
+from fastgan.data.stream import BatchStream, ImageBatches, make_plan
 from fastgan.errors import UserError
 from shardsets import image_bytes, write_uneven_shards
 

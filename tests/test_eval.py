@@ -88,7 +88,7 @@ def test_eval_errors_are_one_line(shapes_run, tmp_path, monkeypatch):
 
 
 # The tests above train a run and evaluate it in processes of their own (slow); these
-# call evaluate() and sample() in this process on the checkpoint of an untrained ring
+# call evaluate() and write_samples() in this process on the checkpoint of an untrained ring
 # generator, written as training writes one.
 
 @pytest.fixture
@@ -128,11 +128,11 @@ def test_sample_in_process_draws_a_scatter(ring_checkpoint, tmp_path):
     from PIL import Image
 
     from fastgan.errors import UserError
-    from fastgan.sample import sample
+    from fastgan.sample_command import write_samples
 
-    out = sample(str(ring_checkpoint), n=16, out=str(tmp_path / "p.png"))
+    out = write_samples(str(ring_checkpoint), n=16, out=str(tmp_path / "p.png"))
     assert out == tmp_path / "p.png"
     with Image.open(out) as img:
         assert img.width > 0 and img.height > 0
     with pytest.raises(UserError, match="--out: directory"):
-        sample(str(ring_checkpoint), n=4, out=str(tmp_path / "no" / "p.png"))
+        write_samples(str(ring_checkpoint), n=4, out=str(tmp_path / "no" / "p.png"))

@@ -35,7 +35,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from .. import models
 from ..config import TrainConfig, resolve, total_steps
 from ..data import builtin
-from ..data.stream import PointBatches
+from ..data.points import PointBatches
 from ..errors import UserError
 from ..kernels import bce_with_logits_reference
 from ..train.ema import ema_beta

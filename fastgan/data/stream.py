@@ -1,4 +1,5 @@
-"""From tar shards to training batches, on every rank and DataLoader worker.
+"""The training stream of images: from tar shards to batches, on every rank and
+DataLoader worker.
 
 Each rank's DataLoader workers are *reader slots*: slot ``rank * W + w`` of
 ``world * W``. A slot reads its shards, shuffles samples through a buffer, decodes
@@ -33,33 +34,26 @@ position in its stream) resumes mid-epoch exactly, skipping without decoding. (O
 exception: when bad data left an exact slot more than a batch short, its padding
 restarts on resume.)
 
-Bad data is skipped and counted, never fatal, with at most one warning per 10 s per
-process (webdataset's ``warn_and_continue`` sleeps 0.5 s per warning): an image that
-does not decode, a sample without an image, a shard that cannot be opened, is not a
-tar file, or is cut short (the samples before the cut are kept). Only when no shard
-of the list yields a single image does loading stop, with one clear error.
+Bad data is skipped and counted, never fatal (``shard_reader.py``, which reads the
+shards for this stream and for the evaluation reader alike); only when no shard of the
+list yields a single image does loading stop, with one clear error.
 """
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import math
 import random
 import signal
-import time
-import urllib.request
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 
 from ..errors import UserError
-from . import builtin, tar
-from .images import IMAGE_EXTS, decode_image, image_member
+from .shard_reader import DataUnreadable, ShardReader, warn_resize
 from .sources import ShardSet
 
 log = logging.getLogger(__name__)
@@ -72,10 +66,6 @@ UNKNOWN_SHARD_IMAGES = 1000
 #: died of one would make the rank fail ("DataLoader worker is killed by signal") before
 #: it checkpoints; the rank shuts its workers down itself when it ends.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-
-
-class DataUnreadable(Exception):
-    """No shard of the list yields a single image."""
 
 
 @dataclass(frozen=True)
@@ -132,102 +122,8 @@ def make_plan(shards: ShardSet, *, mode: str, world: int, workers: int, batch: i
     return Plan(mode, world, workers, batch, per_slot)
 
 
-def exact_ranges(counts: list[int], *, seed: int, epoch: int, slots: int,
-                 slot: int) -> list[tuple[int, int, int]]:
-    """(shard index, first sample, end sample) that ``slot`` reads in ``epoch``."""
-    order = np.random.default_rng([seed, epoch, 0xE8AC7]).permutation(len(counts))
-    total = sum(counts)
-    lo, hi = slot * total // slots, (slot + 1) * total // slots
-    ranges, pos = [], 0
-    for i in order:
-        a, b = max(lo, pos), min(hi, pos + counts[i])
-        if a < b:
-            ranges.append((int(i), a - pos, b - pos))
-        pos += counts[i]
-    return ranges
-
-
 def _rng(*key: int) -> random.Random:
     return random.Random(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
-
-
-class _Skips:
-    """Counters of skipped data, warning at most once per 10 s per process."""
-
-    def __init__(self):
-        self.samples = self.shards = self.padded = 0
-        self.last_error = ""
-        self._last = -math.inf
-
-    def sample(self, what: str, exn: BaseException) -> None:
-        self.samples += 1
-        self._warn(what, exn)
-
-    def shard(self, url: str, exn: BaseException) -> None:
-        self.shards += 1
-        self._warn(f"shard {url}", exn)
-
-    def _warn(self, what: str, exn: BaseException) -> None:
-        self.last_error = f"{what}: {exn}"
-        now = time.monotonic()
-        if now - self._last > 10.0:
-            self._last = now
-            log.warning("skipped %s (%d sample(s), %d shard read(s) skipped so far in this "
-                        "process): %s", what, self.samples, self.shards, exn)
-
-    def as_tuple(self) -> tuple[int, int, int]:
-        return self.samples, self.shards, self.padded
-
-
-class _ShardHealth:
-    """Tells when no shard of the list can give an image, so that an endless stream
-    stops with an error instead of skipping bad data for ever.
-
-    A shard is hopeless when its last read gave no sample, or when, since its last
-    good image, at least as many of its samples failed to decode as its last read
-    gave (so a shard whose first image is corrupt is not judged before the rest of it
-    has come through the shuffle buffer).
-    """
-
-    def __init__(self, n_urls: int):
-        self.n_urls = n_urls
-        self._given: dict[str, int] = {}
-        self._fails: dict[str, int] = {}
-        self._hopeless: set[str] = set()
-
-    def read(self, url: str, n: int) -> None:
-        self._given[url] = n
-        if n == 0:
-            self._hopeless.add(url)
-
-    def decoded(self, url: str, ok: bool) -> None:
-        if ok:
-            self._fails[url] = 0
-            self._hopeless.discard(url)
-            return
-        self._fails[url] = fails = self._fails.get(url, 0) + 1
-        if fails >= self._given.get(url, math.inf):
-            self._hopeless.add(url)
-
-    def check(self, skips: _Skips) -> None:
-        if len(self._hopeless) >= self.n_urls:
-            raise DataUnreadable(f"none of the {self.n_urls} shard(s) gives a readable "
-                                 f"image (last error: {skips.last_error})")
-
-
-def _warn_resize(size: tuple[int, int], res: int) -> None:
-    """Once per run: rank 0 when the manifest gives the size, else its first worker."""
-    if size != (res, res):
-        log.warning("the shards hold %dx%d images: resizing to %d while loading", *size, res)
-
-
-def _open(url: str):
-    if url.startswith(("http://", "https://")):
-        return urllib.request.urlopen(url, timeout=60)
-    if url.startswith("pipe:"):
-        return wds.gopen(url, "rb")
-    return open(url.removeprefix("file:"), "rb", buffering=1 << 20)
-
 
 class ImageBatches(torch.utils.data.IterableDataset):
     """One rank's endless stream of batch records (see :class:`BatchStream`)."""
@@ -275,49 +171,23 @@ class _SlotReader:
 
     def __init__(self, ds: ImageBatches, slot: int):
         self.ds, self.slot = ds, slot
-        self.skips = _Skips()
-        self._health = _ShardHealth(len(set(ds.shards.urls)))
+        self.reader = ShardReader(ds.shards.urls, ds.res,
+                                  check_size=ds.shards.resolution is None and slot == 0)
+        self.skips = self.reader.skips
         self.made = 0  # batches made: the next ring buffer
-        self.check_size = ds.shards.resolution is None and slot == 0  # see _warn_resize
 
     # ---- raw samples (undecoded), in the slot's order
-    def _shard(self, url: str, start: int = 0, stop: int | None = None):
-        """The samples of one shard; any failure ends it, counted (what came stays)."""
-        n = 0
-        try:
-            stream = _open(url)
-        except Exception as e:  # noqa: BLE001 (unreachable URL, failing command...)
-            self.skips.shard(url, e)
-            self._health.read(url, 0)
-            return
-        finished = False
-        try:
-            for sample in tar.samples(stream, url, start, stop):
-                n += 1
-                yield sample
-            finished = True
-        except Exception as e:  # noqa: BLE001 (not a tar, truncated, connection lost)
-            self.skips.shard(url, e)
-        finally:
-            try:
-                stream.close()
-            except Exception as e:  # noqa: BLE001 (a pipe's command failed)
-                if finished:  # an early close kills a pipe's writer: that is no error
-                    self.skips.shard(url, e)
-            self._health.read(url, n)
-
     def _resampled_shards(self, epoch: int):
         urls = self.ds.shards.urls
         rng = _rng(self.ds.seed, epoch, self.slot, 1)
         while True:
-            yield from self._shard(rng.choice(urls))
-            self._health.check(self.skips)
+            yield from self.reader.samples(rng.choice(urls))
+            self.reader.check_readable()
 
     def _exact_shards(self, epoch: int):
         ds = self.ds
-        for i, a, b in exact_ranges(ds.shards.counts, seed=ds.seed, epoch=epoch,
-                                    slots=ds.plan.slots, slot=self.slot):
-            yield from self._shard(ds.shards.urls[i], a, b)
+        return self.reader.exact_samples(ds.shards, seed=ds.seed, epoch=epoch,
+                                         slots=ds.plan.slots, slot=self.slot)
 
     def _raw(self, epoch: int, resampled: bool):
         ds = self.ds
@@ -326,45 +196,16 @@ class _SlotReader:
         return wds.shuffle(ds.shuffle, min(ds.shuffle, 500), rng=rng)(source)
 
     # ---- decoded samples
-    def _decoded(self, raw, *, endless: bool):
-        """(image, label, key) of the samples that decode. ``endless`` (resampled)
-        streams raise :class:`DataUnreadable` once no shard can give an image."""
-        for sample in raw:
-            ext = image_member(sample)
-            try:
-                if ext is None:
-                    raise ValueError(f"no image member ({', '.join(IMAGE_EXTS)}) among "
-                                     f"{sorted(k for k in sample if not k.startswith('__'))}")
-                if self.check_size:
-                    self._check_size(sample[ext])
-                image = decode_image(sample[ext], self.ds.res)
-            except Exception as e:  # noqa: BLE001 (whatever Pillow raises for bad bytes)
-                self.skips.sample(f"sample {sample['__key__']} of {sample['__url__']}", e)
-                self._health.decoded(sample["__url__"], False)
-                if endless:
-                    self._health.check(self.skips)
-                continue
-            self._health.decoded(sample["__url__"], True)
-            try:
-                label = int(sample["cls"]) if "cls" in sample else -1
-            except ValueError:
-                label = -1
-            yield image, label, sample["__key__"]
-
-    def _check_size(self, data: bytes) -> None:
-        self.check_size = False
-        _warn_resize(Image.open(io.BytesIO(data)).size, self.ds.res)
-
     def _padding(self, epoch: int):
         """Samples to fill an exact epoch's last batches: the slot's own from the start,
         or, when none of them decodes, samples drawn from all shards."""
         while True:
             got = False
-            for item in self._decoded(self._raw(epoch, resampled=False), endless=False):
+            for item in self.reader.decoded(self._raw(epoch, resampled=False), endless=False):
                 got = True
                 yield item
             if not got:
-                yield from self._decoded(self._raw(epoch, resampled=True), endless=True)
+                yield from self.reader.decoded(self._raw(epoch, resampled=True), endless=True)
 
     # ---- batches
     def epoch(self, epoch: int, first_batch: int, skip_raw: int):
@@ -373,7 +214,7 @@ class _SlotReader:
         counted = _Counted(self._raw(epoch, resampled=not exact))
         for _ in itertools.islice(counted, skip_raw):  # resume: skip without decoding
             pass
-        good = self._decoded(counted, endless=not exact)
+        good = self.reader.decoded(counted, endless=not exact)
         padding = None
         for b in range(first_batch, plan.batches_per_slot):
             items = list(itertools.islice(good, plan.batch))
@@ -406,44 +247,6 @@ class _SlotReader:
             "slot": self.slot, "epoch": epoch, "batch": batch, "raw": raw,
             "skips": self.skips.as_tuple(),
         }
-
-
-class OnePass(torch.utils.data.IterableDataset):
-    """Every image of a shard set exactly once, split over ranks and DataLoader workers,
-    in batches of up to ``batch`` uint8 ``N x 3 x H x W`` images (a reader's last batch
-    may be short: no padding, no shuffling). What statistics of the real data need
-    (``fastgan eval``): the training stream pads and draws, this one counts.
-
-    The split is the exact mode's (one contiguous range of samples per rank and worker).
-    ``limit`` keeps the first ``limit`` samples in the shards' order.
-    Bad samples and shards are skipped and counted as in training; each reader ends with
-    a ``{"skips": (samples, shards, 0)}`` record.
-    """
-
-    def __init__(self, shards: ShardSet, res: int, *, rank: int, world: int, workers: int,
-                 batch: int, limit: int | None = None):
-        super().__init__()
-        if shards.counts is None:
-            raise UserError("--data: statistics of the real images need the sample count "
-                            "of every shard: a manifest.json (`fastgan shards` writes one) "
-                            "or local shards")
-        counts, left = [], limit if limit is not None else sum(shards.counts)
-        for c in shards.counts:
-            counts.append(min(c, left))
-            left -= counts[-1]
-        self.shards = ShardSet(shards.urls, counts, shards.resolution, shards.labels)
-        self.total = sum(counts)
-        self.res, self.rank, self.seed = res, rank, 0
-        self.plan = Plan("exact", world, workers, batch, 0)
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        slot = self.rank * self.plan.readers + (0 if info is None else info.id)
-        reader = _SlotReader(self, slot)
-        items = reader._decoded(reader._exact_shards(0), endless=False)
-        while chunk := list(itertools.islice(items, self.plan.batch)):
-            yield torch.from_numpy(np.stack([c[0] for c in chunk])).permute(0, 3, 1, 2)
-        yield {"skips": reader.skips.as_tuple()}
 
 
 class _Counted:
@@ -483,7 +286,7 @@ class BatchStream:
         self.rank = dataset.rank
         size = dataset.shards.resolution
         if size is not None and self.rank == 0:
-            _warn_resize((size, size), dataset.res)
+            warn_resize((size, size), dataset.res)
         if plan.workers > 0:
             # Workers write batches into buffers shared once, here, instead of a fresh
             # shared-memory segment per batch (a handover and ~400 page faults each:
@@ -553,34 +356,3 @@ class BatchStream:
                 "epoch": self.epoch, "batch": self.batch,
                 "samples": self.batch * p.batch, "rotate": self.batch % p.readers,
                 "slots": dict(self.slots)}
-
-
-# ------------------------------------------------------------------------ points
-
-class PointBatches:
-    """An endless stream of float32 batches from an embedded 2-D mixture: this rank's
-    slice of each global batch [B, 2].
-
-    Every rank draws the whole global batch from the same seeded stream and keeps its
-    slice (points are cheap), so the data do not depend on the number of ranks.
-    """
-
-    def __init__(self, name: str, batch: int, *, seed: int, rank: int = 0, world: int = 1):
-        self.points = builtin.POINT_SETS[name]()
-        self.batch, self.rank, self.world = batch, rank, world
-        self.rng = np.random.default_rng([seed, 0x2D])
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> torch.Tensor:
-        per_rank = self.batch // self.world
-        lo = self.rank * per_rank
-        return torch.from_numpy(self.points.sample(self.batch, self.rng)[lo:lo + per_rank])
-
-    def state_dict(self) -> dict:
-        """The stream's position (the same on every rank): its generator's state."""
-        return {"rng": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["rng"]

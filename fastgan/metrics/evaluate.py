@@ -28,8 +28,8 @@ import torch
 
 from .. import models, sampling
 from ..data import builtin
+from ..data.eval_reader import OnePass
 from ..data.sources import resolve_data
-from ..data.stream import OnePass
 from ..errors import UserError
 from ..train import distributed
 from ..train.checkpoint import load_generator

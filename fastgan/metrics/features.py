@@ -299,9 +299,6 @@ class RandConv(nn.Module):
         return torch.cat(pooled, 1).float()
 
 
-BUILTIN = ("inception", "randconv")
-
-
 def build(spec: str, *, device, inception: str | None = None) -> FeatureExtractor:
     """``inception``, ``randconv`` or ``module:function``."""
     if spec == "inception":

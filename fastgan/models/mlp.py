@@ -1,15 +1,15 @@
 """Multi-layer perceptrons for the 2-D datasets (ring, grid).
 
 The generator is a ReLU MLP; PacGAN's 2-D generator adds BatchNorm (``batchnorm=True``),
-but without it samples gathered more tightly into the modes in our runs. The
-discriminator is a plain LeakyReLU MLP. ``pack`` > 1 makes the discriminator judge
-``pack`` samples at once (PacGAN): it sees their concatenation, which lets it notice a
-lack of diversity and so counters mode collapse.
+but without it samples gather more tightly into the modes. The discriminator is a plain
+LeakyReLU MLP. ``pack`` > 1 makes the discriminator judge ``pack`` samples at once
+(PacGAN): it sees their concatenation, which lets it notice a lack of diversity and so
+counters mode collapse.
 
 ``scale`` is the data's root-mean-square coordinate (``PointSet.scale``): G's output is
 multiplied by it and D's input divided by it, so both networks work in unit-variance
-coordinates, as image models work in [-1, 1]. Without it the grid (coordinates up to 4)
-learned more slowly and less tightly (fewer samples within 3 std of a mode).
+coordinates, as image models work in [-1, 1] (the grid's coordinates reach 4: in them
+it learns more slowly and less tightly).
 
 ``latent_modes`` > 0 turns G's latent into a mixture of that many Gaussians
 (:class:`LatentMixture`). The 2-D datasets are disconnected (8 or 25 separate blobs),
@@ -17,9 +17,8 @@ and a continuous G of a connected latent cannot be: whatever it does, some laten
 lies between the regions it sends to two modes, and lands on the line between them.
 With a mixture the latent itself has gaps, where G can switch modes at no cost
 (DeLiGAN, Gurumurthy et al. 2017; "Disconnected manifold learning", Khayatkhoei et al.
-2018). On the grid, 100 components took the samples off the lines (about 1% more than
-0.5 from any mode, was 5%): BENCHMARKS.md, "2-D mode benchmark". On the ring they did
-not help, and its preset keeps one Gaussian.
+2018). The grid's preset uses 100 components; the ring's keeps one Gaussian, which
+did better there (BENCHMARKS.md, "2-D mode benchmark").
 """
 
 from __future__ import annotations

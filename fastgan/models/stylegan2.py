@@ -55,11 +55,11 @@ def blur(x: torch.Tensor, pad: int, gain: float = 1.0, stride: int = 1) -> torch
     """The [1, 3, 3, 1] low-pass filter (outer product, normalised to sum ``gain``) on
     each channel, after zero padding, with an optional stride of 2.
 
-    Two implementations of the same filter, by device: as a depthwise (grouped)
-    convolution it took 56% of the StyleGAN2-256 step's GPU time on an H100 (cuDNN ran a
-    slow direct kernel, 1.7 ms a call), so CUDA tensors take separable shifted adds
-    (elementwise work at memory speed); on CPUs oneDNN's depthwise convolution is 2-5x
-    faster than the shifted adds (measured here, fp32 and bf16), so they keep it.
+    Two implementations of the same filter, by device: CUDA tensors take separable
+    shifted adds (elementwise work at memory speed), since cuDNN runs the depthwise
+    (grouped) convolution as a slow direct kernel; CPUs keep the depthwise convolution,
+    which oneDNN runs faster than the shifted adds (figures: BENCHMARKS.md, "Why the
+    defaults are what they are").
     """
     if x.device.type == "cuda":
         return blur_shifted(x, pad, gain, stride)
@@ -116,10 +116,6 @@ def upsample2d_polyphase(x: torch.Tensor) -> torch.Tensor:
         even, odd = 0.75 * x + 0.25 * left, 0.75 * x + 0.25 * right
         x = torch.stack([even, odd], dim=dim + 1).flatten(dim, dim + 1)
     return x
-
-
-def downsample2d(x: torch.Tensor) -> torch.Tensor:
-    return blur(x, pad=1, stride=2)
 
 
 def precision_scope(x: torch.Tensor, fp16: bool):

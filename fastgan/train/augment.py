@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import torch
 
-POLICIES = ("none", "diffaug")
-
 
 def _rand(n: int, like: torch.Tensor) -> torch.Tensor:
     return torch.rand(n, 1, 1, 1, device=like.device, dtype=like.dtype)

@@ -1,11 +1,12 @@
-"""The one place that knows about process groups and wrappers.
+"""The process groups and the collectives on them (wrapping networks in DDP or DeepSpeed
+is engines.py's, the one place that knows those).
 
 Initialisation comes from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR/PORT): nccl on CUDA, gloo on CPU. With one process nothing is initialised
 and nothing is wrapped, so a plain ``fastgan train`` pays no distributed overhead.
 
-Wrapping the networks (DDP, DeepSpeed) is engines.py's business; this module holds the
-process group and the few collectives the loop and the phases share.
+This module holds the process group and the few collectives the loop and the phases
+share.
 
 Beside the main group (nccl on GPUs) every multi-process run has a **control group**
 (gloo, on the CPU) for messages the host itself must act on, such as "a rank was asked
@@ -68,7 +69,7 @@ def init(device_flag: str = "auto", *, group_of_one: bool = False,
     if world > 1 and not dist.is_initialized():
         # torchrun --max-restarts starts each attempt's workers on the same store; keys
         # of the dead attempt (its ranks' addresses) would then be read before the new
-        # ranks write theirs ("Connection refused"; seen here on the first restart).
+        # ranks write theirs ("Connection refused" on the first restart).
         # A prefix per attempt keeps each attempt to its own keys.
         store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
@@ -92,8 +93,8 @@ def shutdown() -> None:
     DDP wrappers caught in reference cycles (modules, phases, optimizers) would
     otherwise outlive the group and be destroyed during interpreter finalisation,
     where gloo's threads can abort the process ("terminate called without an active
-    exception", about one run in twenty here) and torchrun reports a finished run
-    as failed. So: collect them first, then destroy the group.
+    exception") and torchrun reports a finished run as failed. So: collect them
+    first, then destroy the group.
     """
     if dist.is_initialized():
         gc.collect()

@@ -385,7 +385,7 @@ def _deepspeed_engine(name: str, module: nn.Module, optimizer: torch.optim.Optim
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     if opts.precision == "fp16":
         # DeepSpeed's fp16 turns the weights themselves to fp16, but not BatchNorm's
-        # running statistics (an H100 run failed: "Expected running_mean to have type
+        # running statistics (the step then fails: "Expected running_mean to have type
         # Half"), and StyleGAN2 keeps its low resolutions in fp32: not supported.
         raise UserError("--precision fp16: not supported under --strategy deepspeed "
                         "(DeepSpeed's fp16 keeps the weights themselves in fp16, which "

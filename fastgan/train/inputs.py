@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from ..config import TrainConfig
+from ..data.points import PointBatches
 from ..data.sources import DataSpec
-from ..data.stream import BatchStream, ImageBatches, PointBatches, make_plan
+from ..data.stream import BatchStream, ImageBatches, make_plan
 from .distributed import Dist, all_reduce_sum
 
 

@@ -1,4 +1,5 @@
-"""``fastgan sample``: a grid of generated images (or a 2-D scatter) from a checkpoint."""
+"""The ``fastgan sample`` command: a grid of generated images (or a 2-D scatter) from a
+checkpoint, written to a PNG. The drawing itself is ``sampling.py``'s."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from .errors import UserError
 from .train.checkpoint import load_generator
 
 
-def sample(ckpt: str, *, n: int = 64, out: str = "grid.png", seed: int = 0,
-           device: str = "cpu") -> Path:
+def write_samples(ckpt: str, *, n: int = 64, out: str = "grid.png", seed: int = 0,
+                  device: str = "cpu") -> Path:
+    """``n`` samples of the generator in ``ckpt`` (a run directory, a checkpoint directory
+    or a generator.pt) as one PNG at ``out``; returns its path."""
     payload = load_generator(ckpt)
     if payload["arch"] not in models.ARCHS:
         raise UserError(f"{ckpt}: unknown architecture {payload['arch']!r} in checkpoint")
