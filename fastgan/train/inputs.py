@@ -1,8 +1,9 @@
 """What each training step takes in: this rank's real batch on the device, and latents.
 
-Image shards and the embedded 2-D point sets stream differently (data/stream.py) but
-reach the step alike: ``next()`` gives a ``RealBatch``, ``state_dict()`` is the
-stream's position, ``stats()`` what the loop records of it. The loop never asks which.
+Image shards (data/stream.py) and the embedded 2-D point sets (data/points.py) stream
+differently but reach the step alike: ``next()`` gives a ``RealBatch``, ``state_dict()``
+is the stream's position, ``stats()`` what the loop records of it. The loop never asks
+which.
 """
 
 from __future__ import annotations

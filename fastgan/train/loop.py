@@ -91,8 +91,8 @@ def _deterministic() -> None:
     and atomic-add algorithms differ run to run). CPU training is deterministic anyway."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
     torch.use_deterministic_algorithms(True)
-    # ...which also fills every torch.empty with NaN, a debugging aid: DeepSpeed's ZeRO
-    # takes 2 GB gradient buckets with torch.empty each step (20 s a run here)
+    # ...which also fills every torch.empty with NaN, a debugging aid that costs real
+    # time: DeepSpeed's ZeRO takes gigabyte gradient buckets with torch.empty each step
     torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.benchmark = False
     # --compile: compiled random ops (StyleGAN2's noise) draw from the same generators as
