@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from fastgan.config import TrainConfig, resolve
+from fastgan.config import TrainConfig, apply, resolve
 from fastgan.data import builtin
 from fastgan.metrics import health
 from fastgan.train.loop import train
@@ -16,10 +16,7 @@ def _run(tmp_path, name, **flags):
     cfg = TrainConfig()
     cfg.data.data = "builtin:ring"
     cfg.run.out, cfg.run.progress = str(tmp_path / name), False
-    for key, value in flags.items():
-        for section in ("model", "optim", "loop", "run"):
-            if hasattr(getattr(cfg, section), key):
-                setattr(getattr(cfg, section), key, value)
+    apply(cfg, flags, "test")
     summary = train(resolve(cfg, set(flags)))
     records = [json.loads(line) for line in
                (tmp_path / name / "metrics.jsonl").read_text().splitlines()]

@@ -35,7 +35,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .. import models
-from ..config import TrainConfig, resolve, total_steps
+from ..config import TrainConfig, apply, int_flag, resolve, total_steps
 from ..data import builtin
 from ..data.stream import PointBatches
 from ..errors import UserError
@@ -88,15 +88,10 @@ class ModesBenchOptions:
 def variant_config(dataset: str, variant: dict, steps: int | None = None) -> TrainConfig:
     cfg = TrainConfig()
     cfg.data.data = f"builtin:{dataset}"
-    explicit = set(variant)
-    for key, value in variant.items():
-        for section in ("model", "optim", "loop"):
-            if hasattr(getattr(cfg, section), key):
-                setattr(getattr(cfg, section), key, value)
     if steps is not None:
-        cfg.loop.steps = steps
-        explicit.add("steps")
-    return resolve(cfg, explicit)
+        variant = {**variant, "steps": steps}
+    apply(cfg, variant, "bench modes variant")
+    return resolve(cfg, set(variant))
 
 
 class StackedMembers(nn.Module):
@@ -362,16 +357,6 @@ def from_args(args) -> ModesBenchOptions:
     if bad or not variants:
         raise UserError(f"--variants: unknown {', '.join(bad) or repr(args.variants)} (choose "
                         f"from {', '.join(VARIANTS)}, or all)")
-
-    def number(value, flag):
-        try:
-            n = int(value)
-        except (TypeError, ValueError):
-            raise UserError(f"{flag}: expected an integer, got {value!r}") from None
-        if n < (2 if flag == "--seeds" else 1):
-            raise UserError(f"{flag}: too small: {n}")
-        return n
-
-    return ModesBenchOptions(datasets, variants, number(args.seeds, "--seeds"),
-                             None if args.steps is None else number(args.steps, "--steps"),
+    return ModesBenchOptions(datasets, variants, int_flag(args.seeds, "--seeds", 2),
+                             None if args.steps is None else int_flag(args.steps, "--steps", 1),
                              args.json)
