@@ -30,7 +30,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     defaults = C.TrainConfig()
     for section, f in C.flag_fields(defaults):
         meta = f.metadata
-        kind = C._base_type(f)
+        kind = C.base_type(f)
         help_text = meta["help"]
         default = getattr(getattr(defaults, section), f.name)
         if default is not None:
@@ -86,14 +86,13 @@ def _shards_parser(sub) -> argparse.ArgumentParser:
 def shard_options(args: argparse.Namespace):
     from .data.make_shards import ShardOptions
 
-    def maybe(value, flag):
-        return None if value is None else _int_flag(value, flag, 1)
-
-    return ShardOptions(res=maybe(args.res, "--res"), crop=args.crop, format=args.format,
-                        quality=_int_flag(args.quality, "--quality", 1),
-                        shard_size=_int_flag(args.shard_size, "--shard-size", 1),
-                        workers=_int_flag(args.workers, "--workers", 1),
-                        max_images=maybe(args.max_images, "--max-images"),
+    return ShardOptions(res=None if args.res is None else C.int_flag(args.res, "--res", 1),
+                        crop=args.crop, format=args.format,
+                        quality=C.int_flag(args.quality, "--quality", 1),
+                        shard_size=C.int_flag(args.shard_size, "--shard-size", 1),
+                        workers=C.int_flag(args.workers, "--workers", 1),
+                        max_images=None if args.max_images is None
+                        else C.int_flag(args.max_images, "--max-images", 1),
                         labels=args.labels)
 
 
@@ -137,10 +136,10 @@ def eval_options(args: argparse.Namespace):
     return EvalOptions(
         ckpt=args.ckpt, data=args.data, metrics=parse_metrics(args.metrics),
         features=args.features, inception=args.inception,
-        num_gen=_int_flag(args.num_gen, "--num-gen", 2),
-        num_real=None if args.num_real is None else _int_flag(args.num_real, "--num-real", 2),
-        batch=_int_flag(args.batch, "--batch", 1), seed=_int_flag(args.seed, "--seed", 0),
-        device=args.device, workers=_int_flag(args.workers, "--workers", 0),
+        num_gen=C.int_flag(args.num_gen, "--num-gen", 2),
+        num_real=None if args.num_real is None else C.int_flag(args.num_real, "--num-real", 2),
+        batch=C.int_flag(args.batch, "--batch", 1), seed=C.int_flag(args.seed, "--seed", 0),
+        device=args.device, workers=C.int_flag(args.workers, "--workers", 0),
         cache_dir=args.cache_dir or C.default_cache_dir(),
         use_ema=args.generator == "ema", json_path=args.json)
 
@@ -198,16 +197,6 @@ def train_config(args: argparse.Namespace) -> C.TrainConfig:
     return C.resolve(cfg, explicit)
 
 
-def _int_flag(value: str, flag: str, minimum: int) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise UserError(f"{flag}: expected an integer, got {value!r}") from None
-    if n < minimum:
-        raise UserError(f"{flag}: must be >= {minimum}, got {n}")
-    return n
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="fastgan: %(message)s")
     args = build_parser().parse_args(argv)
@@ -223,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "sample":
             from .sample_command import write_samples
 
-            path = write_samples(args.ckpt, n=_int_flag(args.n, "--n", 1), out=args.out,
-                                 seed=_int_flag(args.seed, "--seed", 0), device=args.device)
+            path = write_samples(args.ckpt, n=C.int_flag(args.n, "--n", 1), out=args.out,
+                                 seed=C.int_flag(args.seed, "--seed", 0), device=args.device)
             print(path)
         elif args.command == "shards":
             from .data.make_shards import make_shards, summary_line

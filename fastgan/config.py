@@ -170,60 +170,87 @@ def flag_name(f) -> str:
     return "--" + f.name.replace("_", "-")
 
 
+# {field name: (section, field)} of every flag
+_FIELDS = {f.name: (section, f) for section, f in flag_fields(TrainConfig())}
+
+
 # ------------------------------------------------------------------ assignment
 
-def _base_type(f) -> str:
+def base_type(f) -> str:
     t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     return t.replace(" | None", "").strip()
+
+
+def int_flag(value, flag: str, minimum: int | None = None) -> int:
+    """An integer flag or TOML value: a string of decimal digits or an int (not a bool,
+    not a float with a fraction); UserError naming the flag for anything else, or for a
+    number below ``minimum``."""
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        n = int(value.strip(), 10) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{flag}: expected an integer, got {value!r}") from None
+    if minimum is not None and n < minimum:
+        raise UserError(f"{flag}: must be >= {minimum}, got {n}")
+    return n
 
 
 def convert(f, value):
     """Convert a flag or TOML value to the field's type; UserError names the flag."""
     name = flag_name(f)
-    kind = _base_type(f)
-    try:
-        if kind == "bool":
-            if isinstance(value, bool):
-                out = value
-            elif str(value).lower() in ("1", "true", "yes", "on"):
-                out = True
-            elif str(value).lower() in ("0", "false", "no", "off"):
-                out = False
-            else:
-                raise ValueError
-        elif kind == "int":
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            out = int(value) if not isinstance(value, str) else int(value.strip(), 10)
-        elif kind == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            out = float(value)
-            if out != out or out in (float("inf"), float("-inf")):
-                raise ValueError
-        else:
-            if not isinstance(value, str):
-                raise ValueError
-            out = value
-    except (TypeError, ValueError):
-        want = {"int": "an integer", "float": "a number",
-                "bool": "true or false"}.get(kind, "a string")
-        raise UserError(f"{name}: expected {want}, got {value!r}") from None
+    kind = base_type(f)
+    if kind == "int":
+        out = int_flag(value, name)
+    else:
+        try:
+            out = _convert_other(kind, value)
+        except (TypeError, ValueError):
+            want = {"float": "a number", "bool": "true or false"}.get(kind, "a string")
+            raise UserError(f"{name}: expected {want}, got {value!r}") from None
     choices = f.metadata.get("choices")
     if choices and out not in choices:
         raise UserError(f"{name}: {out!r} is not one of {', '.join(choices)}")
     return out
 
 
+def _convert_other(kind: str, value):
+    """A bool, float or str field's value; ValueError or TypeError when it is none."""
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError
+    if kind == "float":
+        if isinstance(value, bool):
+            raise ValueError
+        out = float(value)
+        if out != out or out in (float("inf"), float("-inf")):
+            raise ValueError
+        return out
+    if not isinstance(value, str):
+        raise ValueError
+    return value
+
+
+def set_field(cfg: TrainConfig, key: str, value, source: str) -> None:
+    """Set the field ``key`` (a flag or field name: ``--lr-g``, ``lr-g``, ``lr_g``) of
+    whichever section holds it, converted to its type (None: left to :func:`resolve`);
+    an unknown key is a UserError naming ``source``."""
+    name = key.lstrip("-").replace("-", "_")
+    if name not in _FIELDS:
+        raise UserError(f"{source}: unknown option {key!r}")
+    section, f = _FIELDS[name]
+    setattr(getattr(cfg, section), name, None if value is None else convert(f, value))
+
+
 def apply(cfg: TrainConfig, values: dict, source: str) -> None:
     """Set fields from {flag-or-field-name: value}; unknown keys are an error."""
-    by_name = {f.name: (sec, f) for sec, f in flag_fields(cfg)}
     for key, value in values.items():
-        name = key.lstrip("-").replace("-", "_")
-        if name not in by_name:
-            raise UserError(f"{source}: unknown option {key!r}")
-        sec, f = by_name[name]
-        setattr(getattr(cfg, sec), f.name, convert(f, value))
+        set_field(cfg, key, value, source)
 
 
 def load_toml(path: str) -> dict:
@@ -294,11 +321,9 @@ def resolve(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     arch = cfg.model.arch if "arch" in explicit else preset.get("arch")
     if arch in ARCH_PRESETS:  # the architecture's own recipe beats the dataset's DCGAN one
         preset = {**preset, **ARCH_PRESETS[arch], **ARCH_DATASET_PRESETS.get((arch, name), {})}
-    by_name = {f.name: sec for sec, f in flag_fields(cfg)}
     for key, value in preset.items():
-        sec = getattr(cfg, by_name[key])
         if key not in explicit:
-            setattr(sec, key, value)
+            set_field(cfg, key, value, "preset")
     m = cfg.model
     points = name in ("ring", "grid")
     if m.arch is None:

@@ -8,7 +8,7 @@ import torch
 
 from conftest import run_fastgan
 from fastgan.bench import modes
-from fastgan.config import TrainConfig, resolve
+from fastgan.config import TrainConfig, apply, resolve
 from fastgan.train.loop import train
 
 
@@ -24,11 +24,8 @@ def test_each_member_tracks_fastgan_train(tmp_path, extra):
         cfg = TrainConfig()
         cfg.data.data, cfg.loop.steps, cfg.run.seed = "builtin:grid", steps, seed
         cfg.run.out, cfg.run.progress = str(tmp_path / f"run{seed}"), False
-        explicit = {"steps", "seed"}
-        for key, v in extra.items():
-            setattr(cfg.optim, key, v)
-            explicit.add(key)
-        train(resolve(cfg, explicit))
+        apply(cfg, extra, "test")
+        train(resolve(cfg, {"steps", "seed", *extra}))
         ckpt = tmp_path / f"run{seed}" / "checkpoints" / f"step-{steps:08d}"
         gen = torch.load(ckpt / "generator.pt", weights_only=True)
         member = ens.member_state(k)

@@ -191,10 +191,10 @@ def _comm_worker(rank, port, results):
         step = GANStep(G_e, D_e, dist=d, precision="fp32", accum=4)
         real, z = _batch(1, rank)
         real, z = torch.cat([real, real]), torch.cat([z, z])  # 16 = 4 micro-batches of 4
-        ctx = {"micro": list(zip(real.chunk(4), z.chunk(4), [None] * 4))}
-        step.d_main(ctx)
+        batch = step.split(real, z)  # 4 micro-batches: G runs in each phase
+        step.d_main(batch)
         after_d = dict(calls)
-        step.g_main(ctx)
+        step.g_main(batch)
         results[rank] = (after_d, dict(calls))
     finally:
         distributed.shutdown()

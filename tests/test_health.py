@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastgan.config import TrainConfig, resolve
+from fastgan.config import TrainConfig, apply, resolve
 from fastgan.data import builtin
 from fastgan.metrics import health
 from fastgan.train.loop import train
@@ -42,10 +42,7 @@ def _train(out: Path, flags: dict) -> tuple[dict, list[dict]]:
     cfg = TrainConfig()
     cfg.data.data = "builtin:ring"
     cfg.run.out, cfg.run.progress = str(out), False
-    for key, value in flags.items():
-        for section in ("model", "optim", "loop", "run"):
-            if hasattr(getattr(cfg, section), key):
-                setattr(getattr(cfg, section), key, value)
+    apply(cfg, flags, "test")
     summary = train(resolve(cfg, set(flags)))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return summary, records

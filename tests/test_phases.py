@@ -6,7 +6,7 @@ import torch
 
 from fastgan.models.mlp import MLPDiscriminator, MLPGenerator
 from fastgan.train import distributed, engines
-from fastgan.train.phases import GANStep
+from fastgan.train.phases import GANStep, MicroBatch, StepBatch
 from fastgan.train.precision import resolve_precision
 from fastgan.train.schedule import lr_scale
 
@@ -59,7 +59,7 @@ def test_r1_step_matches_direct_computation():
     (g,) = torch.autograd.grad(before(x).sum(), x, create_graph=True)
     penalty = g.square().sum(1).mean()
     (penalty * 2.0 / 2 * 4).backward()
-    step.d_reg({"micro": [(real, None, None)]})
+    step.d_reg(StepBatch([MicroBatch(real, None)]))
     moved = 0
     for p_new, p_old in zip(D.parameters(), before.parameters()):
         if p_old.grad is None:  # the last bias does not change D's input gradient
@@ -76,7 +76,7 @@ def test_g_phase_leaves_d_untouched():
     D = step.D.module
     D_before = copy.deepcopy(D.state_dict())
     z = torch.randn(8, 4)
-    step.g_main({"micro": [(None, z, None)], "fake": [step.G.module(z)]})
+    step.g_main(StepBatch([MicroBatch(None, z)], fakes=[step.G.module(z)]))
     for k, v in D.state_dict().items():
         assert torch.equal(v, D_before[k])
     assert all(p.requires_grad for p in D.parameters())
@@ -173,3 +173,25 @@ def test_fp16_scaler_per_network_and_clipping():
     applied = 2 - sum(step.skip_counts()[1:])
     # SGD with lr 1 moves each network by its clipped gradient: norm <= 1e-3 each
     assert 0 < moved.norm() <= applied * 1e-3 * (1 + 1e-3)
+
+
+def test_a_window_of_skipped_steps_has_no_gradient_norm():
+    """The health monitor reads a gradient norm of 0 as vanished gradients: a log window
+    whose steps were all skipped for a NaN reports no norm (and no loss), never 0; a
+    window with some skipped steps averages the others' norms."""
+    step = _step(lr=0.1)
+    real = torch.randn(8, 2)
+    poisoned = _z()
+    poisoned[0, 0] = float("nan")  # G(z) has a NaN: both D's loss and G's are NaN
+    for i in range(1, 4):
+        step(real, poisoned, i)
+    assert step.skip_counts() == [6, 0, 0]
+    stats = step.take_stats()
+    assert not {"grad_D", "grad_G", "loss_D", "loss_G", "D(x)", "D(G(z))"} & set(stats)
+    step(real, _z(), 4)
+    norms = {"grad_D": step.D.grad_norm.item(), "grad_G": step.G.grad_norm.item()}
+    step(real, poisoned, 5)
+    stats = step.take_stats()
+    assert step.skip_counts() == [8, 0, 0]
+    for name, norm in norms.items():
+        assert norm > 0 and stats[name] == pytest.approx(norm, rel=1e-6)

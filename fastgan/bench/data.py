@@ -35,6 +35,7 @@ from ..data.make_shards import ShardOptions, list_sources, make_shards
 from ..data.sources import shard_set
 from ..data.stream import BatchStream, ImageBatches, make_plan
 from ..errors import UserError
+from . import options_from_args
 from .meter import ROUNDS, Meter
 
 
@@ -259,21 +260,21 @@ def main_args(sub) -> None:
     p.add_argument("--data", help="local shards (a directory, manifest or pattern)")
     p.add_argument("--folder", help="the same images as files (default: written out from "
                    "the shards to a temporary folder)")
-    p.add_argument("--synthetic", type=int, metavar="N",
+    p.add_argument("--synthetic", metavar="N",
                    help="make N synthetic photo-like JPEG sources and shards of them")
-    p.add_argument("--source-res", type=int, default=256,
+    p.add_argument("--source-res", default=256,
                    help="size of the synthetic sources (default: 256)")
-    p.add_argument("--res", type=int, default=64, help="training resolution (default: 64)")
-    p.add_argument("--batch", type=int, default=64, help="batch size (default: 64)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (default: 2)")
+    p.add_argument("--res", default=64, help="training resolution (default: 64)")
+    p.add_argument("--batch", default=64, help="batch size (default: 64)")
+    p.add_argument("--workers", default=2, help="DataLoader workers (default: 2)")
     p.add_argument("--seconds", type=float, default=10.0,
                    help="measuring time per pipeline, in 3 turns (default: 10)")
-    p.add_argument("--max-images", type=int, default=4000,
+    p.add_argument("--max-images", default=4000,
                    help="images decoded for the limit and written to the folder "
                    "(default: 4000)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
 
 def from_args(args) -> DataBenchOptions:
-    return DataBenchOptions(**{k: getattr(args, k) for k in DataBenchOptions.__dataclass_fields__})
+    return options_from_args(DataBenchOptions, args)
 

@@ -10,11 +10,12 @@ Each variant is the configuration ``fastgan train --data builtin:ring`` (or grid
 resolves to, with the variant's flags on top, so the ``default`` row is fastgan's
 default setup. The seeds of one variant train together, as one batch of independent
 GANs (``torch.func.vmap`` over the very same G and D modules, parameters stacked along
-a seed axis): member k is initialised, fed, and stepped exactly as ``fastgan train
---seed k`` would be (same modules, same data and latent streams, the same losses,
-Adam, schedule), in a tenth of the time of ten separate runs, since these small MLPs
-spend their time in per-op overhead. ``tests/test_bench_modes.py`` checks that a member
-tracks ``fastgan train`` step for step.
+a seed axis, :class:`StackedMembers`), stepped by the training step itself: GANStep's
+phases on engines of the stacked networks, the EMA generator and the learning-rate
+schedule of ``fastgan train``. Member k is initialised, fed, and stepped as ``fastgan
+train --seed k`` would be, in a fraction of the time of separate runs, since these
+small MLPs spend their time in per-op overhead. ``tests/test_bench_modes.py`` checks
+that a member tracks ``fastgan train`` step for step.
 """
 
 from __future__ import annotations
@@ -30,17 +31,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .. import models
-from ..config import TrainConfig, resolve, total_steps
+from ..config import TrainConfig, apply, int_flag, resolve, total_steps
 from ..data import builtin
 from ..data.points import PointBatches
 from ..errors import UserError
-from ..kernels import bce_with_logits_reference
-from ..train.ema import ema_beta
-from ..train.phases import r1_penalty
-from ..train.schedule import lr_scale
+from ..train.build import build_networks, train_gan
+from ..train.distributed import Dist
+from ..train.ema import EMA
+from ..train.engines import Engine, EngineOptions
+from ..train.precision import resolve_precision
+from ..train.schedule import lr_scheduler
 
 # PacGAN, Table 1 (10 trials each): (modes, high-quality %), ring then grid.
 PUBLISHED = {
@@ -84,22 +88,84 @@ class ModesBenchOptions:
 def variant_config(dataset: str, variant: dict, steps: int | None = None) -> TrainConfig:
     cfg = TrainConfig()
     cfg.data.data = f"builtin:{dataset}"
-    explicit = set(variant)
-    for key, value in variant.items():
-        for section in ("model", "optim", "loop"):
-            if hasattr(getattr(cfg, section), key):
-                setattr(getattr(cfg, section), key, value)
     if steps is not None:
-        cfg.loop.steps = steps
-        explicit.add("steps")
-    return resolve(cfg, explicit)
+        variant = {**variant, "steps": steps}
+    apply(cfg, variant, "bench modes variant")
+    return resolve(cfg, set(variant))
+
+
+class StackedMembers(nn.Module):
+    """Copies of one module (the members) called as one module: their parameters and
+    buffers stacked along a new first axis, under the member's own names, and the batch
+    (in and out) the members' batches one after another, member k's rows k*n to
+    (k + 1)*n for n rows each.
+
+    Each member sees only its own rows (``torch.func.vmap`` over ``functional_call``), so
+    a mean over the whole batch is the mean of the members' own means, and the gradient
+    of a member's rows reaches that member's parameters alone.
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = len(members)
+        params, buffers = stack_module_state(members)
+        # the member's layout, holding the stacks in place of its own tensors
+        self.stacked = copy.deepcopy(members[0])
+        for name, value in params.items():
+            _replace_tensor(self.stacked, name, nn.Parameter(value.detach()))
+        for name, value in buffers.items():
+            _replace_tensor(self.stacked, name, value)
+        # what functional_call runs, without tensors of its own; in a list, so that it
+        # is no submodule (its parameters are not this module's)
+        self._layout = [copy.deepcopy(members[0]).to("meta")]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        per_member = x.reshape(self.members, -1, *x.shape[1:])
+        out = vmap(self._member_forward)(dict(self.stacked.named_parameters()),
+                                         dict(self.stacked.named_buffers()), per_member)
+        return out.reshape(-1, *out.shape[2:])
+
+    def _member_forward(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self._layout[0], (params, buffers), (x,))
+
+    def member_state(self, k: int) -> dict[str, torch.Tensor]:
+        """Member k's parameters and buffers, as its own module's state dict."""
+        return {name: t[k].detach().cpu() for name, t in
+                [*self.stacked.named_parameters(), *self.stacked.named_buffers()]}
+
+
+def _replace_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Set the parameter or buffer ``name`` (dotted) of ``module`` to ``value``."""
+    owner, _, leaf = name.rpartition(".")
+    setattr(module.get_submodule(owner), leaf, value)
+
+
+class MemberEngine(Engine):
+    """The engine of a :class:`StackedMembers` network (strategy none, one process).
+
+    The phases' losses are means over the whole batch, that is over the members' means:
+    each is scaled by the number of members before its backward, so that every member
+    gets the gradient of its own loss. Gradient norm and NaN/Inf skip are of all members
+    together: one member's NaN skips every member's step (the benchmark's settings meet
+    no NaN), and clipping would not be per member (the ensemble refuses it).
+    """
+
+    def backward(self, loss: torch.Tensor, micro: int, *, wrapped: bool = True) -> None:
+        super().backward(loss * self.module.members, micro, wrapped=wrapped)
 
 
 class Ensemble:
-    """``len(seeds)`` independent GANs of one configuration, trained as one."""
+    """``len(seeds)`` independent GANs of one configuration, trained as one by the step
+    ``fastgan train`` runs: GANStep's phases (train/phases.py) on engines of stacked
+    members, the EMA generator (train/ema.py) and the learning-rate schedule
+    (train/schedule.py)."""
 
     def __init__(self, cfg: TrainConfig, seeds: list[int], device="cpu"):
         m, o, lp = cfg.model, cfg.optim, cfg.loop
+        if cfg.dist.accum != 1 or cfg.dist.grad_clip > 0:
+            raise UserError("bench modes: --accum and --grad-clip are not supported (an "
+                            "ensemble's micro-batch would straddle members, and its "
+                            "clipping norm is of all members together)")
         self.device = torch.device(device)
         name = cfg.data.data.split(":", 1)[1]
         self.cfg, self.seeds, self.points = cfg, seeds, builtin.POINT_SETS[name]()
@@ -107,94 +173,55 @@ class Ensemble:
         g_kw, d_kw = models.model_kwargs("mlp", res=None, z_dim=m.z_dim, width=m.width,
                                          pack=m.pack, scale=self.points.scale,
                                          latent_modes=m.latent_modes)
-        Gs, Ds = [], []
-        for s in seeds:  # as build_gan: the seed, then G, then D
-            torch.manual_seed(s)
-            Gs.append(models.build_generator("mlp", g_kw))
-            Ds.append(models.build_discriminator("mlp", d_kw))
-        g_params, g_buffers = stack_module_state(Gs)
-        self.g_params = {k: v.to(self.device).detach().requires_grad_(True)
-                         for k, v in g_params.items()}
-        self.g_buffers = {k: v.to(self.device) for k, v in g_buffers.items()}  # the latent's
-        self.d_params = {k: v.to(self.device).detach().requires_grad_(True)
-                         for k, v in stack_module_state(Ds)[0].items()}
-        # the EMA generator, as fastgan train keeps it (ema.py): what is evaluated
-        self.ema = ({k: v.detach().clone() for k, v in self.g_params.items()}
-                    if o.ema_kimg > 0 else None)
-        g_base, d_base = copy.deepcopy(Gs[0]).to("meta"), copy.deepcopy(Ds[0]).to("meta")
-        self.G = vmap(lambda p, b, z: functional_call(g_base, (p, b), (z,)))
-        self.D = vmap(lambda p, x: functional_call(d_base, p, (x,)))
-        betas = (o.beta1, o.beta2)
-        self.opt_G = torch.optim.Adam(self.g_params.values(), lr=o.lr_g, betas=betas,
-                                      fused=True)
-        self.opt_D = torch.optim.Adam(self.d_params.values(), lr=o.lr_d, betas=betas,
-                                      fused=True)
-        self.scheds = [torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda i: lr_scale(i + 1, self.steps, o.lr_decay))
-            for opt in (self.opt_G, self.opt_D)]
+        nets = [build_networks("mlp", g_kw, d_kw, seed=s, device=self.device) for s in seeds]
+        self.G = StackedMembers([G for G, _ in nets])
+        D = StackedMembers([D for _, D in nets])
+        dist = Dist(rank=0, world=1, local_rank=0, device=self.device)
+        opts = EngineOptions(strategy="none", micro_batch=lp.batch * len(seeds), accum=1,
+                             grad_clip=0.0, precision=resolve_precision(
+                                 cfg.run.precision, self.device, points=True))
+        self.gan = train_gan(self.G, D, images=False, opts=opts, dist=dist, lr_g=o.lr_g,
+                             lr_d=o.lr_d, betas=(o.beta1, o.beta2), r1_gamma=o.r1_gamma,
+                             r1_interval=o.r1_interval, augment=o.augment,
+                             engine=MemberEngine)
+        # the EMA generator, as fastgan train keeps it: what is evaluated
+        self.ema = EMA(self.G, o.ema_kimg, o.ema_rampup) if o.ema_kimg > 0 else None
+        self.schedulers = [lr_scheduler(eng.optimizer, self.steps, o.lr_decay)
+                           for eng in (self.gan.G_eng, self.gan.D_eng)]
         self.data = [PointBatches(name, lp.batch, seed=s) for s in seeds]
         self.z_streams = [torch.Generator().manual_seed(s * 1000 + 1) for s in seeds]
         self.batch, self.z_dim = lp.batch, m.z_dim
         self.step_count = 0
 
     def step(self) -> None:
-        real = torch.stack([next(d) for d in self.data]).to(self.device)
-        z = torch.stack([torch.randn(self.batch, self.z_dim, generator=g)
-                         for g in self.z_streams]).to(self.device)
-        fake = self.G(self.g_params, self.g_buffers, z)
-        # D main: the members' losses are independent, so their sum's gradient is each
-        # member's own gradient. Real and fake go through D in one call (packs never
-        # straddle the two halves: the batch is a multiple of the pack): the same
-        # logits as two calls, for half the per-call overhead
-        logits = self.D(self.d_params, torch.cat([real, fake.detach()], dim=1))
-        real_logits, fake_logits = logits.split(logits.shape[1] // 2, dim=1)
-        ones, zeros = (torch.full((len(self.seeds),), v, device=self.device) for v in (1.0, 0.0))
-        loss_d = vmap(_bce_mean)(real_logits, ones) + vmap(_bce_mean)(fake_logits, zeros)
-        loss_d.sum().backward()
-        self.opt_D.step()
-        self.opt_D.zero_grad(set_to_none=True)
-        o = self.cfg.optim
-        if o.r1_gamma > 0 and (self.step_count + 1) % o.r1_interval == 0:
-            # D reg (train/phases.py): lazy R1 on this step's real points, D stepped again
-            real = real.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.D(self.d_params, real).sum(), real,
-                                          create_graph=True)
-            penalty = vmap(r1_penalty)(grad)  # one per member
-            (penalty.sum() * (o.r1_gamma / 2 * o.r1_interval)).backward()
-            self.opt_D.step()
-            self.opt_D.zero_grad(set_to_none=True)
-        # G main, through the updated D, frozen
-        frozen = {k: v.detach() for k, v in self.d_params.items()}
-        loss_g = vmap(_bce_mean)(self.D(frozen, fake), ones)
-        loss_g.sum().backward()
-        self.opt_G.step()
-        self.opt_G.zero_grad(set_to_none=True)
+        """One training step of every member, as the loop of ``fastgan train`` takes it."""
+        real = torch.cat([next(d) for d in self.data]).to(self.device)
+        z = torch.cat([torch.randn(self.batch, self.z_dim, generator=g)
+                       for g in self.z_streams]).to(self.device)
         self.step_count += 1
+        self.gan.step(real, z, self.step_count)
         if self.ema is not None:
-            beta = ema_beta(o.ema_kimg, o.ema_rampup, self.step_count * self.batch, self.batch)
-            with torch.no_grad():
-                torch._foreach_lerp_(list(self.ema.values()),
-                                     [p.detach() for p in self.g_params.values()], 1 - beta)
-        for s in self.scheds:
-            s.step()
+            self.ema.update(self.G, self.step_count * self.batch, self.batch)
+        for scheduler in self.schedulers:
+            scheduler.step()
+
+    @property
+    def evaluated(self) -> StackedMembers:
+        """The generators evaluated: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.G
 
     @torch.no_grad()
     def samples(self, n: int) -> np.ndarray:
         """n points from each member, from the z ``fastgan train``'s mode metrics use."""
-        z = torch.stack([torch.randn(n, self.z_dim,
-                                     generator=torch.Generator().manual_seed(s + 1))
-                         for s in self.seeds]).to(self.device)
-        return self.G(self.ema or self.g_params, self.g_buffers, z).cpu().numpy()
+        z = torch.cat([torch.randn(n, self.z_dim,
+                                   generator=torch.Generator().manual_seed(s + 1))
+                       for s in self.seeds]).to(self.device)
+        return self.evaluated(z).reshape(len(self.seeds), n, -1).cpu().numpy()
 
     def member_state(self, k: int) -> dict:
         """Member k's generator weights (the EMA's when there is one) and buffers, as a
         state dict."""
-        return {name: p[k].detach().cpu()
-                for name, p in {**(self.ema or self.g_params), **self.g_buffers}.items()}
-
-
-def _bce_mean(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return bce_with_logits_reference(logits, target)
+        return self.evaluated.member_state(k)
 
 
 def train_members(dataset: str, variant: str, seeds: list[int], steps: int | None = None,
@@ -259,9 +286,9 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-# Seeds per process. A step of five members costs half a step of ten (10.5 and 21 ms on
-# one core of the 2-core VM), so chunking costs nothing, and it lets the cores share the
-# grid's longer runs instead of one core finishing the ring early and idling.
+# Seeds per process. A step's cost grows in proportion to its members, so chunking costs
+# nothing, and it lets the cores share the grid's longer runs instead of one core
+# finishing the ring early and idling.
 CHUNK = 5
 
 
@@ -330,16 +357,6 @@ def from_args(args) -> ModesBenchOptions:
     if bad or not variants:
         raise UserError(f"--variants: unknown {', '.join(bad) or repr(args.variants)} (choose "
                         f"from {', '.join(VARIANTS)}, or all)")
-
-    def number(value, flag):
-        try:
-            n = int(value)
-        except (TypeError, ValueError):
-            raise UserError(f"{flag}: expected an integer, got {value!r}") from None
-        if n < (2 if flag == "--seeds" else 1):
-            raise UserError(f"{flag}: too small: {n}")
-        return n
-
-    return ModesBenchOptions(datasets, variants, number(args.seeds, "--seeds"),
-                             None if args.steps is None else number(args.steps, "--steps"),
+    return ModesBenchOptions(datasets, variants, int_flag(args.seeds, "--seeds", 2),
+                             None if args.steps is None else int_flag(args.steps, "--steps", 1),
                              args.json)

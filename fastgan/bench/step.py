@@ -47,6 +47,7 @@ from ..errors import UserError
 from ..train import distributed, engines
 from ..train.build import build_gan
 from ..train.precision import resolve_precision
+from . import options_from_args
 from .data import PREFETCH, fastgan_batches, folder_batches
 from .meter import ROUNDS, Meter
 from .ops import count_calls
@@ -374,20 +375,20 @@ def main_args(sub) -> None:
                        "runs on rank 0 alone.")
     p.add_argument("--arch", default="dcgan", help="dcgan|stylegan2|mlp (default: dcgan; "
                    "stylegan2's step includes its lazy R1, every 16 steps)")
-    p.add_argument("--res", type=int, default=64, help="resolution (default: 64)")
-    p.add_argument("--batch", type=int, default=64, help="global batch (default: 64)")
-    p.add_argument("--width", type=int, help="channels at full resolution (dcgan, default "
+    p.add_argument("--res", default=64, help="resolution (default: 64)")
+    p.add_argument("--batch", default=64, help="global batch (default: 64)")
+    p.add_argument("--width", help="channels at full resolution (dcgan, default "
                    "64) or hidden units (mlp, default 400)")
-    p.add_argument("--z-dim", type=int, help="latent size (default: 100 dcgan, 512 stylegan2, "
+    p.add_argument("--z-dim", help="latent size (default: 100 dcgan, 512 stylegan2, "
                    "16 mlp)")
     p.add_argument("--precision", default="auto", help="auto|fp32|bf16|fp16 (default: auto)")
     p.add_argument("--strategy", default="auto", help="auto|none|ddp|deepspeed (default: auto)")
-    p.add_argument("--zero", type=int, default=1, help="DeepSpeed ZeRO stage (default: 1)")
-    p.add_argument("--accum", type=int, default=1, help="micro-batches per step (default: 1)")
+    p.add_argument("--zero", default=1, help="DeepSpeed ZeRO stage (default: 1)")
+    p.add_argument("--accum", default=1, help="micro-batches per step (default: 1)")
     p.add_argument("--data", help="local shards: also measure fastgan's loader + step")
     p.add_argument("--folder", help="the same images as files: also measure the classic "
                    "folder DataLoader + classic step")
-    p.add_argument("--workers", type=int, default=2,
+    p.add_argument("--workers", default=2,
                    help="loader workers for --data and --folder (default: 2)")
     p.add_argument("--seconds", type=float, default=10.0,
                    help="total measuring time, in turns (default: 10)")
@@ -405,4 +406,4 @@ def main_args(sub) -> None:
 
 
 def from_args(args) -> StepBenchOptions:
-    return StepBenchOptions(**{k: getattr(args, k) for k in StepBenchOptions.__dataclass_fields__})
+    return options_from_args(StepBenchOptions, args)

@@ -1,5 +1,6 @@
 """G and D, their optimizers, engines and training step: built one way for ``fastgan
-train`` and ``fastgan bench step``, so that the benchmark measures what training runs."""
+train``, ``fastgan bench step`` and ``fastgan bench modes`` (whose ensembles of GANs
+come in through :func:`train_gan`), so that the benchmarks measure what training runs."""
 
 from __future__ import annotations
 
@@ -27,21 +28,38 @@ class GAN:
 def build_gan(arch: str, g_kwargs: dict, d_kwargs: dict, *, images: bool, opts: EngineOptions,
               dist: Dist, lr_g: float, lr_d: float, betas: tuple[float, float], seed: int,
               r1_gamma: float = 0.0, r1_interval: int = 4, augment: str = "none") -> GAN:
-    # Same initial weights on every rank (DDP and DeepSpeed also broadcast them).
-    torch.manual_seed(seed)
-    G = models.build_generator(arch, g_kwargs).to(dist.device)
-    D = models.build_discriminator(arch, d_kwargs).to(dist.device)
+    G, D = build_networks(arch, g_kwargs, d_kwargs, seed=seed, device=dist.device)
     # channels_last: the convolutions run faster (oneDNN, cuDNN). Not under DeepSpeed,
     # whose engine broadcasts and flattens parameters as if contiguous (it fails on
     # channels_last weights: "self.stride(-1) must be 1 to view Float as Byte").
     if images and opts.strategy != "deepspeed":
         G = G.to(memory_format=torch.channels_last)
         D = D.to(memory_format=torch.channels_last)
+    return train_gan(G, D, images=images, opts=opts, dist=dist, lr_g=lr_g, lr_d=lr_d,
+                     betas=betas, r1_gamma=r1_gamma, r1_interval=r1_interval,
+                     augment=augment)
+
+
+def build_networks(arch: str, g_kwargs: dict, d_kwargs: dict, *, seed: int,
+                   device: torch.device | str) -> tuple[nn.Module, nn.Module]:
+    """G and D of ``--seed seed``: the seed, then G, then D."""
+    # Same initial weights on every rank (DDP and DeepSpeed also broadcast them).
+    torch.manual_seed(seed)
+    G = models.build_generator(arch, g_kwargs).to(device)
+    D = models.build_discriminator(arch, d_kwargs).to(device)
+    return G, D
+
+
+def train_gan(G: nn.Module, D: nn.Module, *, images: bool, opts: EngineOptions, dist: Dist,
+              lr_g: float, lr_d: float, betas: tuple[float, float], r1_gamma: float = 0.0,
+              r1_interval: int = 4, augment: str = "none",
+              engine: type[Engine] = Engine) -> GAN:
+    """G and D's optimizers, engines (of class ``engine``) and training step."""
     # The fused Adam updates all tensors in one kernel: with many small tensors (the
     # MLPs) the per-tensor loop of the default costs a fifth of the step.
     opt_G = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas, fused=True)
     opt_D = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas, fused=True)
-    G_eng, D_eng = build(G, D, opt_G, opt_D, opts, dist)
+    G_eng, D_eng = build(G, D, opt_G, opt_D, opts, dist, engine)
     step = GANStep(G_eng, D_eng, dist=dist, precision=opts.precision, accum=opts.accum,
                    r1_gamma=r1_gamma, r1_interval=r1_interval,
                    augment=augmentations.build(augment, images))

@@ -290,9 +290,10 @@ def resolve_strategy(strategy: str, world: int) -> str:
 
 
 def build(G: nn.Module, D: nn.Module, opt_G: torch.optim.Optimizer,
-          opt_D: torch.optim.Optimizer, opts: EngineOptions, dist: Dist
-          ) -> tuple[Engine, Engine]:
-    return Engine("G", G, opt_G, opts, dist), Engine("D", D, opt_D, opts, dist)
+          opt_D: torch.optim.Optimizer, opts: EngineOptions, dist: Dist,
+          engine: type[Engine] = Engine) -> tuple[Engine, Engine]:
+    """G's and D's engines, of class ``engine``."""
+    return engine("G", G, opt_G, opts, dist), engine("D", D, opt_D, opts, dist)
 
 
 @torch.no_grad()

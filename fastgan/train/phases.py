@@ -54,22 +54,36 @@ def r1_penalty(grad: torch.Tensor) -> torch.Tensor:
 class RunningMeans:
     """Named statistics summed on the device between two reads: adding never reads.
 
-    ``add`` takes a phase's statistics as one tensor, so the names a phase adds must be
-    neighbours in ``names``; each comes with a flag (0 or 1) that leaves it out, count
-    and all: a loss that was not finite, the gradient norm of a skipped step.
+    ``add`` takes any of ``names``, in any order, each with its value; a flag (0 or 1,
+    on the device) leaves the whole group out, count and all: the losses when some
+    rank's loss was not finite, the gradient norm of a skipped step. A statistic never
+    added since the last ``take`` has no mean (absent), never a 0.
     """
 
     def __init__(self, names: tuple[str, ...], device: torch.device):
         self.names = names
         self.sums = torch.zeros(len(names), device=device)
         self.counts = torch.zeros(len(names), device=device)
+        self._slots: dict[tuple[str, ...], torch.Tensor] = {}
 
-    def add(self, names: tuple[str, ...], values: torch.Tensor, left_out: torch.Tensor) -> None:
-        i = self.names.index(names[0])
-        if self.names[i:i + len(names)] != names:
-            raise ValueError(f"statistics {names} are not neighbours in {self.names}")
-        self.sums[i:i + len(names)] += values.masked_fill(left_out.bool(), 0.0)
-        self.counts[i:i + len(names)] += 1.0 - left_out
+    def add(self, values: dict[str, torch.Tensor], left_out: torch.Tensor) -> None:
+        slots = self._slots_of(tuple(values))
+        stacked = torch.stack([v.reshape(()).float() for v in values.values()])
+        self.sums.index_add_(0, slots, stacked.masked_fill(left_out.bool(), 0.0))
+        self.counts.index_add_(0, slots, (1.0 - left_out).expand(len(values)))
+
+    def _slots_of(self, names: tuple[str, ...]) -> torch.Tensor:
+        """The positions of ``names`` in the sums, as a device tensor made once per
+        group of names (a fresh one would be a copy to the device per step)."""
+        slots = self._slots.get(names)
+        if slots is None:
+            unknown = [n for n in names if n not in self.names]
+            if unknown:
+                raise KeyError(f"statistics {unknown} are not among {self.names}")
+            slots = torch.tensor([self.names.index(n) for n in names],
+                                 device=self.sums.device)
+            self._slots[names] = slots
+        return slots
 
     def take(self) -> torch.Tensor:
         """The sums and counts so far (to be reduced over ranks, then read); reset."""
@@ -79,18 +93,35 @@ class RunningMeans:
         return totals
 
     def means(self, totals: list[float]) -> dict[str, float]:
-        """{name: mean} of ``take()``'s totals, in STAT_NAMES order, for the statistics
+        """{name: mean} of ``take()``'s totals, in ``names`` order, for the statistics
         added at least once (R1 may not have run, or every step may have been skipped)."""
         n = len(self.names)
-        got = {name: (totals[k], totals[n + k]) for k, name in enumerate(self.names)}
-        return {name: got[name][0] / got[name][1] for name in STAT_NAMES if got[name][1]}
+        return {name: totals[k] / totals[n + k] for k, name in enumerate(self.names)
+                if totals[n + k]}
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch of a step: real images (or points), latents, and the one-hot
+    labels of a conditional GAN (None otherwise)."""
+    real: torch.Tensor | None
+    z: torch.Tensor | None
+    c: torch.Tensor | None = None
+
+
+@dataclass
+class StepBatch:
+    """What the phases of one step share: the micro-batches, and G's output for each
+    when G ran once for both main phases (``--accum 1``; None: each phase runs G)."""
+    micro: list[MicroBatch]
+    fakes: list[torch.Tensor] | None = None
 
 
 @dataclass
 class Phase:
     name: str
     interval: int
-    run: Callable[[dict], None]
+    run: Callable[[StepBatch], None]
     engine: Engine  # the network it updates
 
 
@@ -100,7 +131,7 @@ class GANStep:
                  augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.G, self.D = G, D
         # what D sees, real and fake alike: the images, or their augmentations
-        self.aug = augment or (lambda x: x)
+        self.aug = augment or _unchanged
         self.dist, self.device, self.precision = dist, dist.device, precision
         self.accum = accum
         self.r1_gamma, self.r1_interval = r1_gamma, r1_interval
@@ -108,9 +139,7 @@ class GANStep:
         if r1_gamma > 0:
             self.phases.append(Phase("D reg", r1_interval, self.d_reg, D))
         self.phases.append(Phase("G main", 1, self.g_main, G))
-        # each phase's statistics side by side (RunningMeans.add)
-        self.stats = RunningMeans(("loss_D", "D(x)", "D(G(z))", "grad_D", "r1", "loss_G",
-                                   "grad_G"), self.device)
+        self.stats = RunningMeans(STAT_NAMES, self.device)
         # optimizer steps skipped on every rank for a NaN/Inf, cumulative; and whether
         # the last step skipped any: device values, read when the loop logs
         self.nonfinite_skips = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -123,92 +152,97 @@ class GANStep:
                  c: torch.Tensor | None = None) -> None:
         """One training step on this rank's ``real`` images and latents ``z`` (and, for a
         conditional GAN, one-hot labels ``c``: the real images', also given to G)."""
-        cs = c.chunk(self.accum) if c is not None else [None] * self.accum
-        micro = list(zip(real.chunk(self.accum), z.chunk(self.accum), cs))
-        ctx: dict = {"micro": micro}
-        if self.accum == 1:
-            with self.autocast():
-                ctx["fake"] = [_call(self.G.forward, micro[0][1], micro[0][2])]
+        batch = self.split(real, z, c)
         nonfinite = []
         for phase in self.phases:
             if step % phase.interval == 0:
-                phase.run(ctx)
+                phase.run(batch)
                 nonfinite.append(phase.engine.nonfinite)
         nonfinite = torch.stack(nonfinite)
         self.nonfinite_skips += nonfinite.sum()
         self.nonfinite = nonfinite.amax()
 
-    def _fake(self, ctx: dict, i: int) -> torch.Tensor:
-        """Micro-batch i's G(z) for D's update: no graph into G either way."""
-        if "fake" in ctx:
-            return ctx["fake"][i].detach()
-        _, z, c = ctx["micro"][i]
-        with torch.no_grad(), self.autocast():
-            return _call(self.G.plain_forward, z, c)
+    def split(self, real: torch.Tensor, z: torch.Tensor,
+              c: torch.Tensor | None = None) -> StepBatch:
+        """The step's micro-batches; with one, G's output on it, shared by both main
+        phases."""
+        cs = c.chunk(self.accum) if c is not None else [None] * self.accum
+        batch = StepBatch([MicroBatch(*parts) for parts in
+                           zip(real.chunk(self.accum), z.chunk(self.accum), cs)])
+        if self.accum == 1:
+            only = batch.micro[0]
+            with self.autocast():
+                batch.fakes = [_call(self.G.forward, only.z, only.c)]
+        return batch
 
-    def d_main(self, ctx: dict) -> None:
+    def _fake(self, batch: StepBatch, i: int) -> torch.Tensor:
+        """Micro-batch i's G(z) for D's update: no graph into G either way."""
+        if batch.fakes is not None:
+            return batch.fakes[i].detach()
+        micro = batch.micro[i]
+        with torch.no_grad(), self.autocast():
+            return _call(self.G.plain_forward, micro.z, micro.c)
+
+    def d_main(self, batch: StepBatch) -> None:
         D, last = self.D, self.accum - 1
-        total = None
-        for i, (real, _, c) in enumerate(ctx["micro"]):
-            fake = self._fake(ctx, i)
+        totals = MicroBatchSums()
+        for i, micro in enumerate(batch.micro):
+            fake = self._fake(batch, i)
             with D.sync(i == last):
                 with self.autocast():
-                    real_logits = _call(D.forward, self.aug(real), c)
-                    fake_logits = _call(D.forward, self.aug(fake), c)
+                    real_logits = _call(D.forward, self.aug(micro.real), micro.c)
+                    fake_logits = _call(D.forward, self.aug(fake), micro.c)
                 loss, d_real, d_fake = kernels.gan_d_loss(real_logits, fake_logits)
                 D.backward(loss, i)
-            total = _sum(total, torch.stack((loss.detach(), d_real, d_fake)))
+            totals.add({"loss_D": loss.detach(), "D(x)": d_real, "D(G(z))": d_fake})
         D.step()
-        self._record(("loss_D", "D(x)", "D(G(z))"), total, D)
+        self._record(D, totals.mean(self.accum))
 
-    def d_reg(self, ctx: dict) -> None:
+    def d_reg(self, batch: StepBatch) -> None:
         D = self.D
         # Under fp16 R1 runs in fp32: fp16's range is too narrow for the second
         # derivative of BatchNorm (NaN in the first layers' gradients even unscaled).
         precision = "fp32" if self.precision == "fp16" else self.precision
-        total = None
-        for i, (real, _, c) in enumerate(ctx["micro"]):
-            real = real.detach().requires_grad_(True)
+        totals = MicroBatchSums()
+        for i, micro in enumerate(batch.micro):
+            real = micro.real.detach().requires_grad_(True)
             with autocast(precision, self.device):
-                logits = _call(D.module, self.aug(real), c)  # penalty on the image itself
+                logits = _call(D.module, self.aug(real), micro.c)  # penalty on the image itself
             (grad,) = torch.autograd.grad(logits.float().sum(), real, create_graph=True)
             penalty = r1_penalty(grad)
             D.backward(penalty * (self.r1_gamma / 2 * self.r1_interval), i, wrapped=False)
-            total = _sum(total, penalty.detach().reshape(1))
+            totals.add({"r1": penalty.detach()})
         D.step()
-        self._record(("r1",), total, D, norm=False)
+        self._record(D, totals.mean(self.accum), norm=False)
 
-    def g_main(self, ctx: dict) -> None:
+    def g_main(self, batch: StepBatch) -> None:
         G, last = self.G, self.accum - 1
         D = self.D.plain_forward  # frozen and unwrapped: see engines.py
         self.D.module.requires_grad_(False)
         try:
-            total = None
-            for i, (_, z, c) in enumerate(ctx["micro"]):
+            totals = MicroBatchSums()
+            for i, micro in enumerate(batch.micro):
                 with G.sync(i == last):
                     with self.autocast():
-                        fake = ctx["fake"][i] if "fake" in ctx else _call(G.forward, z, c)
-                        fake_logits = _call(D, self.aug(fake), c)
+                        fake = (batch.fakes[i] if batch.fakes is not None
+                                else _call(G.forward, micro.z, micro.c))
+                        fake_logits = _call(D, self.aug(fake), micro.c)
                     loss = kernels.gan_g_loss(fake_logits)
                     G.backward(loss, i)
-                total = _sum(total, loss.detach().reshape(1))
+                totals.add({"loss_G": loss.detach()})
             G.step()
-            self._record(("loss_G",), total, G)
+            self._record(G, totals.mean(self.accum))
         finally:
             self.D.module.requires_grad_(True)
 
-    def _record(self, names: tuple[str, ...], total: torch.Tensor, engine: Engine, *,
+    def _record(self, engine: Engine, values: dict[str, torch.Tensor], *,
                 norm: bool = True) -> None:
-        """A phase's statistics (``total``: summed over its micro-batches; left out when
-        some rank's loss was not finite), and the gradient norm of its step (left out
-        when the step was skipped) unless ``norm`` is False or DeepSpeed reports none."""
-        values = total / self.accum if self.accum > 1 else total
-        left_out = engine.loss_bad.expand(len(names))
+        """A phase's statistics (left out when some rank's loss was not finite), and the
+        gradient norm of its step as ``grad_<network>`` (left out when the step was
+        skipped) unless ``norm`` is False or DeepSpeed reports none."""
+        self.stats.add(values, engine.loss_bad)
         if norm and engine.grad_norm is not None:
-            names += (f"grad_{engine.name}",)
-            values = torch.cat([values, engine.grad_norm.reshape(1).float()])
-            left_out = torch.cat([left_out, engine.skipped.reshape(1)])
-        self.stats.add(names, values, left_out)
+            self.stats.add({f"grad_{engine.name}": engine.grad_norm}, engine.skipped)
 
     def skip_counts(self) -> list[int]:
         """[optimizer steps skipped for a NaN/Inf, G's fp16 overflow skips, D's], totals
@@ -231,8 +265,24 @@ class GANStep:
         return self.stats.means(all_reduce_sum(self.stats.take(), self.dist).tolist())
 
 
-def _sum(total: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
-    return value if total is None else total + value
+class MicroBatchSums:
+    """A phase's statistics summed over its micro-batches, by name."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            self.sums[name] = value if name not in self.sums else self.sums[name] + value
+
+    def mean(self, micro_batches: int) -> dict[str, torch.Tensor]:
+        if micro_batches == 1:
+            return self.sums
+        return {name: total / micro_batches for name, total in self.sums.items()}
+
+
+def _unchanged(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 class NonfiniteStreak:
