@@ -182,6 +182,21 @@ def test_monitor_rules_on_synthetic_records():
     assert _all_fired(_records(**bad)) == {"collapse"}
 
 
+def test_diversity_keeps_its_own_copy_of_the_real_batches():
+    """The loader hands out batches in buffers that its workers refill later: the real
+    reference must be what was seen, not what the buffer holds when it is complete."""
+    half = health.REFERENCE // 2
+    first, second = torch.randn(half, 2), torch.randn(half, 2)
+    seen = health.Diversity(images=False, device="cpu")
+    seen.see_real(first)
+    expected = health.Diversity(images=False, device="cpu")
+    expected.see_real(first.clone())
+    first.zero_()  # the buffer refilled
+    for diversity in (seen, expected):
+        diversity.see_real(second)
+    assert seen.real_spread == expected.real_spread > 0
+
+
 def test_image_diversity_sees_a_collapsed_batch():
     images = torch.from_numpy(builtin.shapes_sample(0, 32)[0])
     real = torch.stack([torch.from_numpy(builtin.shapes_sample(i, 32)[0]) for i in range(300)])

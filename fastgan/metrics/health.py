@@ -93,7 +93,9 @@ class Diversity:
     def see_real(self, batch: torch.Tensor) -> None:
         if self.real_spread is not None:
             return
-        self.real.append(batch.detach().cpu())
+        # a copy: on the CPU .cpu() is the tensor itself, and the loader's batches live
+        # in buffers its workers refill a few batches later
+        self.real.append(batch.detach().to("cpu", copy=True))
         got = torch.cat(self.real)
         if len(got) >= REFERENCE:
             self.real_spread = mean_pairwise_distance(self.features(got[:REFERENCE]))
