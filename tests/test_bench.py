@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import run_fastgan
+from fastgan.errors import UserError
 
 
 @pytest.mark.slow  # loader worker processes, ~4-8 s
@@ -179,6 +180,13 @@ def test_bench_step_on_two_ranks(tmp_path, strategy):
     assert result["world"] == 2 and result["strategy"] == strategy
     assert result["img_s"] > 0 and result["baseline_img_s"] > 0
     assert r.stdout.count("fastgan bench step:") == 1  # rank 0 alone prints
+
+
+def test_stylegan2_profile_names_a_bad_flag():
+    from fastgan.bench import stylegan2_profile as profile
+
+    with pytest.raises(UserError, match="--batch: expected an integer, got 'x'"):
+        profile.main(["--batch", "x", "--device", "cpu"])
 
 
 @pytest.mark.slow  # five StyleGAN2 steps on a CPU, ~10 s

@@ -19,6 +19,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from .. import models
+from ..config import int_flag
 from ..train import distributed, engines
 from ..train.build import build_gan
 from .step import TrainingStep
@@ -91,20 +92,21 @@ def profile_tables(step: TrainingStep, device: torch.device, steps: int = 4) -> 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m fastgan.bench.stylegan2_profile",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--res", type=int, default=256, help="resolution (default: 256)")
-    p.add_argument("--batch", type=int, default=16, help="batch (default: 16)")
+    p.add_argument("--res", default="256", help="resolution (default: 256)")
+    p.add_argument("--batch", default="16", help="batch (default: 16)")
     p.add_argument("--device", default="cuda", help="device (default: cuda)")
     args = p.parse_args(argv)
+    res, batch = int_flag(args.res, "--res", 4), int_flag(args.batch, "--batch", 1)
     d = distributed.init(args.device)
     try:
         for name, precision, channels_last, benchmark, kernels in VARIANTS:
             torch.backends.cudnn.benchmark = benchmark
             os.environ["FASTGAN_KERNELS"] = kernels
-            step = make_step(d, args.res, args.batch, precision, channels_last)
+            step = make_step(d, res, batch, precision, channels_last)
             print(f"{name:40s} {images_per_second(step, d.device):8.1f} img/s", flush=True)
         torch.backends.cudnn.benchmark = False
         os.environ["FASTGAN_KERNELS"] = "auto"
-        for table in profile_tables(make_step(d, args.res, args.batch, "bf16"), d.device):
+        for table in profile_tables(make_step(d, res, batch, "bf16"), d.device):
             print(table)
     finally:
         distributed.shutdown()
