@@ -15,6 +15,7 @@ import torch
 
 from fastgan.cli import main as fastgan_main
 from fastgan.metrics.records import read_records
+from fastgan.train import checkpoint
 from fastgan.train import state as train_state
 
 FORMAT1 = Path(__file__).parent / "data" / "format1"
@@ -64,8 +65,7 @@ def test_a_format1_checkpoint_of_images_resumes_exactly(tmp_path, cache_dir):
 
 
 def test_upgrade_renames_format1_pieces_and_keeps_the_rest():
-    old = torch.load(FORMAT1 / "points" / "checkpoints" / "step-00000010" / "state.pt",
-                     weights_only=True)
+    old = checkpoint.load_state(FORMAT1 / "points" / "checkpoints" / "step-00000010")
     new = train_state.upgrade(old)
     assert new["format"] == train_state.FORMAT
     assert set(new) - set(old) == {"format", "engine_G", "engine_D", "latents", "gan_step"}
