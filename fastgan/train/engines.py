@@ -263,6 +263,12 @@ class Engine:
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
 
+    @property
+    def writes_shards(self) -> bool:
+        """Whether this engine writes files of its own into a checkpoint (DeepSpeed's
+        per-rank optimizer partitions)."""
+        return self.deepspeed
+
     def save_sharded(self, ckpt_dir: Path) -> None:
         """Every rank calls this: DeepSpeed writes each rank's optimizer partition."""
         if self.deepspeed:

@@ -241,7 +241,7 @@ class Trainer:
             "step": step, "kimg": step * cfg.loop.batch / 1000, "config": cfg.to_dict(),
             "strategy": self.plan.strategy, "precision": self.plan.precision})
         return checkpoint.save(self.run_dir, step, state, self.generator_payload(step),
-                               cfg.loop.keep_ckpts, sharded=self.state.save_sharded,
+                               cfg.loop.keep_ckpts, sharded=self.state.shard_writer(),
                                gather=functools.partial(distributed.all_gather_object, d=d),
                                is_main=d.is_main)
 

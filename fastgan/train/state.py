@@ -18,7 +18,7 @@ of their own in the checkpoint directory (``save_sharded``/``load_sharded``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -70,10 +70,17 @@ class TrainState:
             elif hasattr(piece, "load_other_world"):
                 piece.load_other_world(state[name])
 
+    def shard_writer(self) -> Callable[[Path], None] | None:
+        """``checkpoint.save``'s ``sharded`` step when some piece writes files of its
+        own, else None: that step costs every rank two more synchronisations."""
+        if any(getattr(piece, "writes_shards", False) for piece in self.shared.values()):
+            return self.save_sharded
+        return None
+
     def save_sharded(self, ckpt_tmp: Path) -> None:
         """Every rank calls this, inside checkpoint.save: the pieces' own files."""
         for piece in self.shared.values():
-            if hasattr(piece, "save_sharded"):
+            if getattr(piece, "writes_shards", False):
                 piece.save_sharded(ckpt_tmp)
 
 
