@@ -198,7 +198,9 @@ def train_config(args: argparse.Namespace) -> C.TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="fastgan: %(message)s")
+    # force: each call logs to the sys.stderr of its time (main runs more than once in
+    # one process when called from Python)
+    logging.basicConfig(level=logging.INFO, format="fastgan: %(message)s", force=True)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":

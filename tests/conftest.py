@@ -1,3 +1,5 @@
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -25,3 +27,25 @@ def run_fastgan(*args, env=None, timeout=300, cwd=None):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "fastgan", *args], capture_output=True,
                           text=True, env=full_env, timeout=timeout, cwd=cwd)
+
+
+def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    """``fastgan ARGS`` in this process, through the same ``cli.main`` as the command:
+    no interpreter and no torch import to pay for (~4 s a call here). For commands that
+    stop before training (dry runs, bad input, eval, report, sample); a training run keeps
+    a process of its own (``run_fastgan``), as it changes process-wide state. An uncaught
+    exception is raised here, so it fails the test as a traceback on stderr would."""
+    from fastgan.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    try:
+        os.chdir(cwd or here)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's errors
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(["fastgan", *args], code, out.getvalue(),
+                                       err.getvalue())

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import run_fastgan
+from conftest import run_cli, run_fastgan
 from fastgan.errors import UserError
 
 
@@ -77,7 +77,7 @@ def test_bench_step_in_process_on_points():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, launch/gpu_check.sh runs it")
 def test_bench_kernels_refuses_cpu():
-    r = run_fastgan("bench", "kernels")
+    r = run_cli("bench", "kernels")
     assert r.returncode == 2
     assert r.stderr.strip() == ("fastgan bench kernels: error: kernel timings need a CUDA "
                                 "GPU (Triton timings under TRITON_INTERPRET on a CPU mean "

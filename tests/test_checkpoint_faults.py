@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import fastgan
-from conftest import run_fastgan
+from conftest import run_cli, run_fastgan
 from fastgan.train import checkpoint
 from procs import complete_steps, load_state, torchrun
 
@@ -180,7 +180,7 @@ def test_sample_on_a_corrupt_generator_says_corrupt_and_never_weights_only(tmp_p
     data = bytearray(gen.read_bytes())
     data[len(data) // 2] ^= 0x10  # one bit: the size is right, the hash is not
     gen.write_bytes(bytes(data))
-    r = run_fastgan("sample", str(run), "--out", str(tmp_path / "grid.png"))
+    r = run_cli("sample", str(run), "--out", str(tmp_path / "grid.png"))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         f"fastgan sample: error: {gen}: corrupt (its SHA-256 differs from the one COMPLETE "
@@ -189,7 +189,7 @@ def test_sample_on_a_corrupt_generator_says_corrupt_and_never_weights_only(tmp_p
     # advice to load the file with weights_only=False
     loose = tmp_path / "generator.pt"
     loose.write_bytes(bytes(data[:len(data) // 2]))
-    r = run_fastgan("sample", str(loose), "--out", str(tmp_path / "grid.png"))
+    r = run_cli("sample", str(loose), "--out", str(tmp_path / "grid.png"))
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith(f"fastgan sample: error: {loose}: corrupt or not a fastgan "

@@ -2,21 +2,20 @@ import json
 
 import pytest
 
-from conftest import run_fastgan
+from conftest import run_cli
 
 
-@pytest.mark.slow  # three CLI processes (~6-12 s)
 def test_dry_run_prints_resolved_config(tmp_path):
-    r = run_fastgan("train", "--dry-run", "--out", str(tmp_path / "run"))
+    r = run_cli("train", "--dry-run", "--out", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
     cfg = json.loads(r.stdout)
     assert cfg["data"]["data"] == "builtin:shapes"
     assert cfg["model"]["arch"] == "dcgan" and cfg["data"]["res"] == 32
     assert cfg["run"]["precision"] == "auto"
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
-    ring = json.loads(run_fastgan("train", "--dry-run", "--data", "builtin:ring").stdout)
+    ring = json.loads(run_cli("train", "--dry-run", "--data", "builtin:ring").stdout)
     assert ring["model"]["arch"] == "mlp" and ring["model"]["latent_modes"] == 0
-    grid = json.loads(run_fastgan("train", "--dry-run", "--data", "builtin:grid").stdout)
+    grid = json.loads(run_cli("train", "--dry-run", "--data", "builtin:grid").stdout)
     assert grid["model"]["latent_modes"] == 100 and grid["optim"]["r1_gamma"] == 0.01
     assert cfg["model"]["latent_modes"] == 0
 
@@ -24,7 +23,7 @@ def test_dry_run_prints_resolved_config(tmp_path):
 def test_toml_config_with_flag_override(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text('batch = 32\n"lr-g" = 1e-4\nsample_every = 7\narch = "dcgan"\n')
-    r = run_fastgan("train", "--dry-run", "--config", str(toml), "--batch", "16")
+    r = run_cli("train", "--dry-run", "--config", str(toml), "--batch", "16")
     assert r.returncode == 0, r.stderr
     cfg = json.loads(r.stdout)
     assert cfg["loop"]["batch"] == 16  # the command line wins
@@ -50,48 +49,44 @@ def test_toml_config_with_flag_override(tmp_path):
     (["--bogus", "1"], "--bogus"),
 ])
 def test_bad_input_is_one_line_exit_2(args, culprit):
-    r = run_fastgan("train", "--dry-run", *args)
+    r = run_cli("train", "--dry-run", *args)
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert culprit in lines[0] and "Traceback" not in r.stderr
 
 
-@pytest.mark.slow  # two CLI processes (~6-7 s here)
 def test_bad_toml_key_and_value(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text("colour = 3\n")
-    r = run_fastgan("train", "--dry-run", "--config", str(toml))
+    r = run_cli("train", "--dry-run", "--config", str(toml))
     assert r.returncode == 2 and "colour" in r.stderr
     toml.write_text('batch = "many"\n')
-    r = run_fastgan("train", "--dry-run", "--config", str(toml))
+    r = run_cli("train", "--dry-run", "--config", str(toml))
     assert r.returncode == 2 and "--batch" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
-@pytest.mark.slow  # two CLI processes (~6-7 s here)
 def test_sample_errors(tmp_path):
-    r = run_fastgan("sample", str(tmp_path / "nope"))
+    r = run_cli("sample", str(tmp_path / "nope"))
     assert r.returncode == 2 and "nope" in r.stderr and len(r.stderr.splitlines()) == 1
-    r = run_fastgan("sample", str(tmp_path), "--n", "x")
+    r = run_cli("sample", str(tmp_path), "--n", "x")
     assert r.returncode == 2 and "--n" in r.stderr
 
 
-@pytest.mark.slow  # two CLI processes (~6-7 s here)
 def test_unwritable_out_and_cache_dir(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    r = run_fastgan("train", "--steps", "1", "--no-progress", "--out", str(blocker / "run"))
+    r = run_cli("train", "--steps", "1", "--no-progress", "--out", str(blocker / "run"))
     assert r.returncode == 2 and "--out" in r.stderr and len(r.stderr.splitlines()) == 1
-    r = run_fastgan("train", "--steps", "1", "--no-progress", "--out", str(tmp_path / "run"),
+    r = run_cli("train", "--steps", "1", "--no-progress", "--out", str(tmp_path / "run"),
                     "--cache-dir", str(blocker / "cache"))
     assert r.returncode == 2 and "--cache-dir" in r.stderr and len(r.stderr.splitlines()) == 1
     assert not (tmp_path / "run").exists()  # a failed start leaves no half-made run
 
 
-@pytest.mark.slow  # three CLI processes (~5-9 s)
 def test_stylegan2_recipe_beats_the_dataset_preset(tmp_path):
     """--arch stylegan2 brings StyleGAN2's optimiser, lazy R1 and EMA; explicit flags win."""
-    r = run_fastgan("train", "--dry-run", "--arch", "stylegan2", "--r1-interval", "8",
+    r = run_cli("train", "--dry-run", "--arch", "stylegan2", "--r1-interval", "8",
                     cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     cfg = json.loads(r.stdout)
@@ -100,12 +95,12 @@ def test_stylegan2_recipe_beats_the_dataset_preset(tmp_path):
     assert o["r1_interval"] == 8 and o["ema_kimg"] == 10.0
     assert o["r1_gamma"] == 1.0  # tuned for the shapes (config.py says why)
     assert cfg["model"]["z_dim"] == 512
-    r = run_fastgan("train", "--dry-run", cwd=tmp_path)  # DCGAN: no EMA
+    r = run_cli("train", "--dry-run", cwd=tmp_path)  # DCGAN: no EMA
     assert json.loads(r.stdout)["optim"]["ema_kimg"] == 0.0
     from shardsets import write_uneven_shards
 
     write_uneven_shards(tmp_path / "s", [4])
-    r = run_fastgan("train", "--dry-run", "--arch", "stylegan2", "--data", str(tmp_path / "s"),
+    r = run_cli("train", "--dry-run", "--arch", "stylegan2", "--data", str(tmp_path / "s"),
                     "--res", "64", cwd=tmp_path)  # elsewhere, StyleGAN2-ADA's heuristic
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["optim"]["r1_gamma"] == pytest.approx(0.0002 * 64**2 / 64)

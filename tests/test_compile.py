@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_fastgan
+from conftest import run_cli, run_fastgan
 from procs import load_state
 from ranks import params, run_train
 
@@ -85,6 +85,6 @@ def test_compiled_ddp_with_fp16_and_accumulation_keeps_ranks_identical(tmp_path,
 
 
 def test_compile_is_refused_under_deepspeed(tmp_path):
-    r = run_fastgan("train", "--dry-run", "--compile", "--strategy", "deepspeed", cwd=tmp_path)
+    r = run_cli("train", "--dry-run", "--compile", "--strategy", "deepspeed", cwd=tmp_path)
     assert r.returncode == 2
     assert "--compile: not supported under --strategy deepspeed" in r.stderr

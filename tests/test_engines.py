@@ -85,9 +85,9 @@ def test_resolve_strategy():
     (["--grad-clip", "-1"], "--grad-clip: must be >= 0"),
 ])
 def test_bad_distribution_flags(tmp_path, args, message):
-    from conftest import run_fastgan
+    from conftest import run_cli
 
-    r = run_fastgan("train", "--dry-run", "--data", "builtin:ring", *args, cwd=tmp_path)
+    r = run_cli("train", "--dry-run", "--data", "builtin:ring", *args, cwd=tmp_path)
     assert r.returncode == 2
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
 

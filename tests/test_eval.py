@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import run_fastgan
+from conftest import run_cli, run_fastgan
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ ARGS = ["--features", "randconv", "--num-gen", "80", "--num-real", "200", "--bat
 @pytest.mark.slow  # shapes_run trains
 def test_eval_reports_and_caches_real_statistics(shapes_run, cache_dir, tmp_path):
     stats = tmp_path / "stats"
-    first = _result(run_fastgan("eval", str(shapes_run), *ARGS, "--cache-dir", str(stats),
+    first = _result(run_cli("eval", str(shapes_run), *ARGS, "--cache-dir", str(stats),
                                 "--json", str(tmp_path / "e.json")))
     assert first["data"] == "builtin:shapes" and first["num_real"] == 200
     assert first["features"] == "randconv-v1" and first["fid_randconv"] > 0
@@ -41,7 +41,7 @@ def test_eval_reports_and_caches_real_statistics(shapes_run, cache_dir, tmp_path
     # the embedded data were built under the fixture's cache; the statistics go to stats/
     (cached,) = (stats / "fid-stats").iterdir()
     assert cached.suffix == ".npz"
-    again = run_fastgan("eval", str(shapes_run), *ARGS, "--cache-dir", str(stats))
+    again = run_cli("eval", str(shapes_run), *ARGS, "--cache-dir", str(stats))
     assert "real statistics from" in again.stderr
     second = _result(again)
     assert second["fid_randconv"] == first["fid_randconv"]
@@ -50,7 +50,7 @@ def test_eval_reports_and_caches_real_statistics(shapes_run, cache_dir, tmp_path
 
 @pytest.mark.slow
 def test_two_ranks_give_the_numbers_of_one(shapes_run, tmp_path):
-    one = _result(run_fastgan("eval", str(shapes_run), *ARGS, "--cache-dir",
+    one = _result(run_cli("eval", str(shapes_run), *ARGS, "--cache-dir",
                               str(tmp_path / "a")))
     # 3 blocks of 32 latents (the last of 16) dealt to 2 ranks; real images split too
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -68,22 +68,22 @@ def test_two_ranks_give_the_numbers_of_one(shapes_run, tmp_path):
 @pytest.mark.slow
 def test_eval_errors_are_one_line(shapes_run, tmp_path, monkeypatch):
     monkeypatch.delenv("FASTGAN_INCEPTION", raising=False)
-    r = run_fastgan("eval", str(shapes_run), "--num-gen", "8", "--cache-dir", str(tmp_path))
+    r = run_cli("eval", str(shapes_run), "--num-gen", "8", "--cache-dir", str(tmp_path))
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1
     assert "pytorch-fid/releases/download/fid_weights" in r.stderr
     # mode metrics alone need no feature extractor, hence no Inception weights
-    modes = _result(run_fastgan("eval", str(shapes_run), "--metrics", "modes", "--num-gen",
+    modes = _result(run_cli("eval", str(shapes_run), "--metrics", "modes", "--num-gen",
                                 "64", "--cache-dir", str(tmp_path)))
     assert modes["modes_total"] == 16 and "fid" not in modes
     for args, culprit in ((["--metrics", "fid,iss"], "--metrics: unknown iss"),
                           (["--num-gen", "1"], "--num-gen"),
                           (["--data", str(tmp_path / "none")], "no such file"),
                           (["--generator", "both"], "--generator")):
-        r = run_fastgan("eval", str(shapes_run), "--features", "randconv", *args)
+        r = run_cli("eval", str(shapes_run), "--features", "randconv", *args)
         assert r.returncode == 2 and culprit in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    r = run_fastgan("eval", str(tmp_path / "missing"), "--features", "randconv")
+    r = run_cli("eval", str(tmp_path / "missing"), "--features", "randconv")
     assert r.returncode == 2 and "missing" in r.stderr
 
 

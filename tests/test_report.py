@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_fastgan
+from conftest import run_cli, run_fastgan
 from fastgan.errors import UserError
 from fastgan.metrics import health
 from fastgan.plots import to_image
@@ -115,7 +115,7 @@ def test_report_errors(tmp_path):
         report(str(tmp_path))
     with pytest.raises(UserError, match="--out: directory"):
         report(str(tmp_path), str(tmp_path / "nope" / "r.png"))
-    r = run_fastgan("report", str(tmp_path / "nope"))
+    r = run_cli("report", str(tmp_path / "nope"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -132,7 +132,7 @@ def ring_run(tmp_path_factory):
 
 @pytest.mark.slow  # ring_run trains 240 steps
 def test_report_of_a_trained_run(ring_run):
-    r = run_fastgan("report", str(ring_run))
+    r = run_cli("report", str(ring_run))
     assert r.returncode == 0 and r.stdout.strip() == str(ring_run / "report.png"), r.stderr
     fig = report_figure(ring_run)
     assert [ax.get_title() for ax in fig.axes] == PANELS + ["samples: final.png"]

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import run_fastgan
+from conftest import run_cli, run_fastgan
 from fastgan.errors import UserError
 from fastgan.train import checkpoint, resume
 from procs import complete_steps, differences, load_state, start, torchrun, wait_for, workers
@@ -255,7 +255,7 @@ def test_resume_differences():
 
 
 def test_keep_ckpts_at_least_two(tmp_path):
-    r = run_fastgan("train", "--dry-run", "--keep-ckpts", "1", cwd=tmp_path)
+    r = run_cli("train", "--dry-run", "--keep-ckpts", "1", cwd=tmp_path)
     assert r.returncode == 2 and "--keep-ckpts: must be >= 2" in r.stderr
 
 

@@ -214,7 +214,7 @@ def test_fp16_only_at_the_highest_resolutions():
 @pytest.mark.slow
 def test_conditional_training_on_labelled_shards(tmp_path, cache_dir):
     """--cond: the shapes shards name 16 classes; G and D take them, samples cycle them."""
-    from conftest import run_fastgan
+    from conftest import run_cli, run_fastgan
 
     run = tmp_path / "run"
     r = run_fastgan("train", "--arch", "stylegan2", "--cond", "--width", "4", "--z-dim", "16",
@@ -230,5 +230,5 @@ def test_conditional_training_on_labelled_shards(tmp_path, cache_dir):
                for k, v in gen["state_dict"].items() if v.is_floating_point())
     assert all(v.dtype == torch.float32 for v in gen["state_dict"].values()
                if v.is_floating_point())
-    r = run_fastgan("sample", str(run), "--n", "8", "--out", str(tmp_path / "grid.png"))
+    r = run_cli("sample", str(run), "--n", "8", "--out", str(tmp_path / "grid.png"))
     assert r.returncode == 0, r.stderr

@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import run_fastgan
+from conftest import run_cli, run_fastgan
 
 EXPECTED_KEYS = {"step", "kimg", "loss_D", "loss_G", "D(x)", "D(G(z))", "img_s", "elapsed_s"}
 
@@ -33,7 +33,7 @@ def test_train_shapes_then_sample(tmp_path, cache_dir):
     assert "modes:" in r.stderr and "final.png" in r.stderr  # the summary
 
     grid = tmp_path / "grid.png"
-    r = run_fastgan("sample", str(run), "--n", "16", "--out", str(grid))
+    r = run_cli("sample", str(run), "--n", "16", "--out", str(grid))
     assert r.returncode == 0, r.stderr
     img = Image.open(grid)
     assert img.size == (2 * (4 * 34 + 2),) * 2  # 4x4 grid of 32px + 2px padding, x2
@@ -60,9 +60,9 @@ def test_train_ring_mlp(tmp_path):
     assert r.returncode == 0, r.stderr
     rec = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert rec["modes_total"] == 8 and "high_quality" in rec
-    r = run_fastgan("sample", str(run / "checkpoints"), "--out", str(tmp_path / "p.png"))
+    r = run_cli("sample", str(run / "checkpoints"), "--out", str(tmp_path / "p.png"))
     assert r.returncode == 2  # not a run or checkpoint directory
-    r = run_fastgan("sample", str(run), "--out", str(tmp_path / "p.png"))
+    r = run_cli("sample", str(run), "--out", str(tmp_path / "p.png"))
     assert r.returncode == 0 and (tmp_path / "p.png").exists()
 
 
