@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from fastgan.errors import RunError, UserError
 from fastgan.train import checkpoint, distributed, resume
 from procs import load_state
-from ranks import free_port, set_rank_env
+from ranks import free_port, set_rank_env, spawn
 
 
 def _gen(step):
@@ -264,8 +264,7 @@ def _write_part(tmp, rank, fails):
 @pytest.mark.parametrize("failing", ["state", 1], ids=["rank0-state", "rank1-shard"])
 def test_a_failed_write_stops_every_rank_with_the_same_line(tmp_path, failing):
     results = mp.Manager().dict()
-    mp.spawn(_failing_rank_worker, args=(free_port(), str(tmp_path), failing, results),
-             nprocs=2, join=True)
+    spawn(_failing_rank_worker, (free_port(), str(tmp_path), failing, results), 2)
     root = checkpoint.checkpoint_dir(tmp_path)
     assert results[0] == results[1]
     assert results[0].startswith("checkpoint of step 20 not written: no space left on "

@@ -3,12 +3,11 @@
 import json
 
 import pytest
-import torch.multiprocessing as mp
 
 from fastgan.data.sources import shard_set
 from fastgan.data.stream import BatchStream, ImageBatches, make_plan
 from fastgan.train import distributed
-from ranks import free_port, set_rank_env
+from ranks import free_port, set_rank_env, spawn
 from shardsets import write_uneven_shards
 
 SIZES = [3, 11, 7, 1, 9, 5, 13]  # 7 shards, 49 samples: nothing divides evenly
@@ -45,7 +44,7 @@ def _rank(rank, port, shards_dir, mode, out):
 def test_two_ranks_two_workers_uneven_shards(tmp_path, mode):
     keys = write_uneven_shards(tmp_path / "s", SIZES)
     out = tmp_path / "result.json"
-    mp.spawn(_rank, args=(free_port(), str(tmp_path / "s"), mode, str(out)), nprocs=2)
+    spawn(_rank, (free_port(), str(tmp_path / "s"), mode, str(out)), 2)
     ranks = json.loads(out.read_text())
     for epoch in range(2):
         counts = [r["epochs"][epoch]["batches"] for r in ranks]

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from fastgan.train import distributed
 from procs import load_state
-from ranks import free_port, set_rank_env
+from ranks import free_port, set_rank_env, spawn
 
 
 def _torchrun(args, timeout=300):
@@ -77,11 +77,11 @@ def _consistency_worker(rank, port, diverge, results):
         distributed.shutdown()
 
 
-@pytest.mark.slow  # two processes (mp.spawn)
+@pytest.mark.slow  # two processes
 @pytest.mark.parametrize("diverge", [False, True])
 def test_check_consistent(diverge):
     results = mp.Manager().dict()
-    mp.spawn(_consistency_worker, args=(free_port(), diverge, results), nprocs=2)
+    spawn(_consistency_worker, (free_port(), diverge, results), 2)
     if diverge:
         assert all("ranks disagree on the parameters of G" in results[r] for r in (0, 1))
     else:

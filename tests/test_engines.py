@@ -13,7 +13,7 @@ from fastgan.models.mlp import MLPDiscriminator, MLPGenerator
 from fastgan.train import checkpoint, distributed, engines
 from fastgan.train import state as train_state
 from fastgan.train.phases import GANStep
-from ranks import free_port, set_rank_env
+from ranks import free_port, set_rank_env, spawn
 
 
 def _opts(**kw):
@@ -157,7 +157,7 @@ def test_engine_checkpoint_saves_and_loads(tmp_path, strategy):
     train 3 more: bitwise the same as going straight on (ZeRO-2 optimizer partitions
     included)."""
     results = mp.Manager().dict()
-    mp.spawn(_roundtrip_worker, args=(free_port(), str(tmp_path), strategy, results), nprocs=2)
+    spawn(_roundtrip_worker, (free_port(), str(tmp_path), strategy, results), 2)
     for rank in (0, 1):
         same_at_load, diff, files = results[rank]
         assert same_at_load and diff == 0.0
@@ -207,7 +207,7 @@ def test_ddp_all_reduces_once_per_step_and_never_d_in_the_g_phase():
     """--accum 4: D's gradients are all-reduced on the last micro-batch only (one call
     per bucket: these MLPs fit one bucket); the G phase all-reduces G's and never D's."""
     results = mp.Manager().dict()
-    mp.spawn(_comm_worker, args=(free_port(), results), nprocs=2)
+    spawn(_comm_worker, (free_port(), results), 2)
     for rank in (0, 1):
         after_d, after_g = results[rank]
         assert after_d == {"G": 0, "D": 1}

@@ -19,7 +19,7 @@ import functools
 import pytest
 import torch.multiprocessing as mp
 
-from ranks import free_port, set_rank_env
+from ranks import free_port, set_rank_env, spawn
 
 N = 2
 COMMON = ["--data", "builtin:shapes", "--batch", "8", "--workers", "1", "--z-dim", "16",
@@ -85,7 +85,7 @@ def _worker(rank, world, ports, tmp, cache, results):
 def test_steady_state_steps_read_nothing_back(tmp_path, cache_dir, world):
     results = mp.Manager().dict()
     ports = [free_port() for _ in RUNS]
-    mp.spawn(_worker, args=(world, ports, str(tmp_path), cache_dir, results), nprocs=world)
+    spawn(_worker, (world, ports, str(tmp_path), cache_dir, results), world)
     for rank in range(world):
         assert results[rank] == {name: {} for name in RUNS}, \
             f"rank {rank}: reads in steps {N + 1} to {3 * N}"

@@ -134,19 +134,24 @@ def _steps(run):
 @pytest.mark.slow
 def test_two_jobs_on_one_run_directory(tmp_path):
     """Started together: one trains, the other stops in one line naming it; one record
-    per step."""
+    per step. The winner runs until the loser has gone, then is stopped by SIGTERM."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "fastgan", "train", *RING, "--steps", "5000",
+    cmd = [sys.executable, "-m", "fastgan", "train", *RING, "--steps", "1000000",
            "--log-every", "100", "--out", str(run)]
     jobs = [start(cmd, tmp_path / f"log{i}") for i in (0, 1)]
-    rcs = sorted(job.wait(300) for job in jobs)
-    logs = [(tmp_path / f"log{i}").read_text() for i in (0, 1)]
-    assert rcs == [0, 2], logs
-    refused = next(text for text in logs if "in use by another job" in text)
+    loser = wait_for(lambda: next((j for j in jobs if j.poll() is not None), None), 120,
+                     "one job to be refused")
+    assert loser.returncode == 2, [(tmp_path / f"log{i}").read_text() for i in (0, 1)]
+    (winner,) = [j for j in jobs if j is not loser]
+    wait_for(lambda: _steps(run), 120, "the winner's first record", winner)
+    winner.send_signal(signal.SIGTERM)
+    assert winner.wait(60) == 0
+    refused = (tmp_path / f"log{jobs.index(loser)}").read_text()
     assert refused.strip().splitlines()[-1].startswith("fastgan train: error: --out: run "
                                                        f"directory {run} is in use")
     assert "Traceback" not in refused
-    assert _steps(run) == list(range(100, 5001, 100))
+    stopped_at = complete_steps(run)[-1]  # the SIGTERM's checkpoint
+    assert _steps(run) == list(range(100, stopped_at // 100 * 100 + 1, 100))
     assert not (run / runlock.NAME).exists()  # released at the end
 
 
