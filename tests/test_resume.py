@@ -175,6 +175,34 @@ def test_writer_killed_mid_checkpoint_resumes_from_the_previous_one(tmp_path, wh
         "step-00000004", "step-00000008", "step-00000012"]  # no dead write left
 
 
+# A bug: the GAN step raises at step 3, with the loader's workers running.
+FAULTY_STEP = textwrap.dedent("""
+    import sys
+    from fastgan.train.phases import GANStep
+    real_step = GANStep.__call__
+    def step(self, real, z, n, c=None):
+        if n == 3:
+            raise RuntimeError("a bug in the step")
+        return real_step(self, real, z, n, c)
+    GANStep.__call__ = step
+    from fastgan.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.slow
+def test_an_unexpected_error_ends_the_process_with_its_traceback(tmp_path, cache_dir):
+    """The loader's workers ignore the stop signals, so the interpreter's exit cannot end
+    them with SIGTERM: the loop stops them itself, or a run that fails would hang."""
+    args = ["train", "--data", "builtin:shapes", "--width", "8", "--batch", "16",
+            "--workers", "2", "--steps", "10", "--no-progress", "--cache-dir", cache_dir,
+            "--out", str(tmp_path / "run")]
+    r = subprocess.run([sys.executable, "-c", FAULTY_STEP, *args], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert "RuntimeError: a bug in the step" in r.stderr
+
+
 @pytest.mark.slow
 def test_a_stuck_peer_ends_the_run_with_an_error(tmp_path):
     """Rank 1 stops answering (SIGSTOP): rank 0's collective times out (--timeout 5)

@@ -325,6 +325,15 @@ class BatchStream:
     def __iter__(self):
         return self
 
+    def close(self) -> None:
+        """Stop the loader's workers now. They ignore the stop signals (STOP_SIGNALS),
+        and the interpreter's exit ends worker processes with SIGTERM, then waits for
+        them: a run that fails on an exception, whose traceback keeps the loader alive,
+        would wait there for ever."""
+        if hasattr(self._it, "_shutdown_workers"):  # a multi-process iterator
+            self._it._shutdown_workers()
+        self._it = iter(())
+
     def __next__(self) -> torch.Tensor:
         rec = next(self._it)
         if "error" in rec:

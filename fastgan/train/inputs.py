@@ -73,6 +73,11 @@ class ImageInputs:
         """Another world size splits the data otherwise: continue the epoch count only."""
         self._open({"epoch": states[0]["epoch"]})
 
+    def close(self) -> None:
+        """Stop the loader's worker processes (see BatchStream.close)."""
+        if self.stream is not None:
+            self.stream.close()
+
     def stats(self) -> dict:
         """The epoch and the data skipped so far over all ranks (a collective)."""
         # on the device: nccl reduces only there
@@ -102,6 +107,9 @@ class PointInputs:
 
     def load_other_world(self, states: list[dict]) -> None:
         self.stream.load_state_dict(states[0])  # the same stream on every rank
+
+    def close(self) -> None:
+        pass  # drawn in this process: nothing to stop
 
     def stats(self) -> dict:
         return {}

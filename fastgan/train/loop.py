@@ -349,6 +349,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, stop: StopRequest, lock: RunLo
                 board.samples(final_grid, steps)  # unless the last grid was just logged
             final_ckpt = trainer.save_checkpoint(steps)
     finally:
+        trainer.inputs.close()
         vote.close()
         bar.close()
         if records is not None:
