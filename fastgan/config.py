@@ -66,10 +66,15 @@ class OptimConfig:
     beta2: float = opt(0.999, "Adam beta2")
     lr_decay: float = opt(0.0, "final fraction of training over which both learning rates "
                           "fall linearly to zero (0: constant)")
+    loss: str = opt("bce", "the GAN loss: bce (non-saturating) or rpgan (relativistic "
+                    "pairing, R3GAN's: D ranks each real image above a generated one; pair "
+                    "it with --r1-gamma and --r2-gamma)", choices=("bce", "rpgan"))
     r1_gamma: float | None = opt(None, "R1 penalty weight on D's gradient at real data "
                                  "(0: off; default: the dataset's preset, else 0.0002 * "
                                  "res^2 / batch for stylegan2, else 0)")
-    r1_interval: int = opt(4, "steps between (lazy) R1 penalties")
+    r2_gamma: float = opt(0.0, "R2 penalty weight on D's gradient at generated data (0: "
+                          "off), lazy with R1")
+    r1_interval: int = opt(4, "steps between (lazy) R1 and R2 penalties")
     augment: str = opt("none", "diffaug: D sees real and generated images through random "
                        "colour, translation and cutout (for small datasets)",
                        choices=("none", "diffaug"))
@@ -395,6 +400,7 @@ def validate(cfg: TrainConfig, points: bool) -> None:
         need(0 <= v < 1, flag, f"must be in [0, 1), got {v}")
     need(0 <= o.lr_decay <= 1, "--lr-decay", f"must be in [0, 1], got {o.lr_decay}")
     need(o.r1_gamma >= 0, "--r1-gamma", f"must be >= 0, got {o.r1_gamma}")
+    need(o.r2_gamma >= 0, "--r2-gamma", f"must be >= 0, got {o.r2_gamma}")
     need(o.r1_interval >= 1, "--r1-interval", f"must be >= 1, got {o.r1_interval}")
     need(o.ema_kimg >= 0, "--ema-kimg", f"must be >= 0, got {o.ema_kimg}")
     need(o.ema_rampup >= 0, "--ema-rampup", f"must be >= 0, got {o.ema_rampup}")

@@ -1,10 +1,11 @@
 """``fastgan report RUN_DIR``: one PNG with what a run's metrics.jsonl says, and its
 latest samples, drawn with matplotlib.
 
-Panels: the losses; D(x) and D(G(z)) around 0.5; the health signals (diversity, and
-on the embedded datasets modes covered and sample quality); the gradient norms (log
-scale); the newest sample grid. Records with an active health warning are shaded red
-on every curve panel, and the warnings are listed under the title.
+Panels: the losses; D(x) and D(G(z)) (and D(x,G(z)) under rpgan) around 0.5; the
+health signals (diversity, and on the embedded datasets modes covered and sample
+quality); the gradient norms (log scale); the newest sample grid. Records with an
+active health warning are shaded red on every curve panel, and the warnings are listed
+under the title.
 
 The end of a run in text is here too: the progress bar's line and the summary that
 ``fastgan train`` prints.
@@ -24,6 +25,7 @@ from PIL import Image
 
 from .errors import UserError
 from .metrics import health
+from .metrics.health import PAIR
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -144,8 +146,10 @@ def report_figure(run: Path) -> Figure:
     curves(fig.add_subplot(grid[0, 0]), "losses", xs, columns(records, "loss_D", "loss_G"),
            spans)
     probs = fig.add_subplot(grid[0, 1])
-    curves(probs, "D(x) and D(G(z)); 0.5: D cannot tell", xs,
-           columns(records, "D(x)", "D(G(z))"), spans)
+    # under --loss rpgan D(x,G(z)) is the one that says whether D can tell
+    pair = any(PAIR in r for r in records)
+    curves(probs, f"D(x) and D(G(z)){', D(x,G(z))' if pair else ''}; 0.5: D cannot tell",
+           xs, columns(records, "D(x)", "D(G(z))", *([PAIR] if pair else [])), spans)
     probs.axhline(0.5, color="grey", ls="--", lw=1)
     signals = fig.add_subplot(grid[1, 0])
     modes = [r["modes_covered"] / r["modes_total"] if r.get("modes_total") else None
@@ -189,6 +193,8 @@ def progress_postfix(r: dict) -> str:
     parts = [f"kimg {r['kimg']:.1f}", f"{r['img_s']:.0f} img/s",
              f"lossD {r.get('loss_D', nan):.3f}", f"lossG {r.get('loss_G', nan):.3f}",
              f"D(x) {r.get('D(x)', nan):.2f}", f"D(G(z)) {r.get('D(G(z))', nan):.2f}"]
+    if PAIR in r:
+        parts.append(f"{PAIR} {r[PAIR]:.2f}")
     if "modes_covered" in r:
         parts.append(f"modes {r['modes_covered']}/{r['modes_total']}")
     if r.get("health"):
@@ -204,7 +210,8 @@ def print_summary(s: dict) -> None:
         f"({s['img_s']:.0f} img/s overall)",
         f"  final: loss_D {r.get('loss_D', float('nan')):.3f}, "
         f"loss_G {r.get('loss_G', float('nan')):.3f}, D(x) {r.get('D(x)', float('nan')):.3f}, "
-        f"D(G(z)) {r.get('D(G(z))', float('nan')):.3f}",
+        f"D(G(z)) {r.get('D(G(z))', float('nan')):.3f}"
+        + (f", {PAIR} {r[PAIR]:.3f}" if PAIR in r else ""),
     ]
     if r.get("skipped_nonfinite"):
         lines.append(f"  numerics: {r['skipped_nonfinite']} micro-batch(es) dropped on every "

@@ -104,3 +104,18 @@ def test_stylegan2_recipe_beats_the_dataset_preset(tmp_path):
                     "--res", "64", cwd=tmp_path)  # elsewhere, StyleGAN2-ADA's heuristic
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["optim"]["r1_gamma"] == pytest.approx(0.0002 * 64**2 / 64)
+
+
+def test_r3gan_config_file(tmp_path):
+    """configs/r3gan.toml: the relativistic loss with R1 and R2 at one weight."""
+    from conftest import REPO
+
+    r = run_cli("train", "--dry-run", "--config", f"{REPO}/configs/r3gan.toml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    o = json.loads(r.stdout)["optim"]
+    assert o["loss"] == "rpgan" and o["r1_gamma"] == o["r2_gamma"] > 0
+    assert (o["beta1"], o["beta2"]) == (0.0, 0.99)
+    r = run_cli("train", "--dry-run", "--loss", "wgan", cwd=tmp_path)
+    assert r.returncode == 2 and "--loss" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = run_cli("train", "--dry-run", "--r2-gamma", "-1", cwd=tmp_path)
+    assert r.returncode == 2 and "--r2-gamma" in r.stderr

@@ -182,6 +182,20 @@ def test_monitor_rules_on_synthetic_records():
     assert _all_fired(_records(**bad)) == {"collapse"}
 
 
+def test_rpgan_records_are_judged_by_the_pair_statistic():
+    """Under --loss rpgan, D(x) and D(G(z)) drift together at no cost to the loss: a
+    low D(G(z)) alone is no verdict; D(x,G(z)) near 1 is."""
+    calm = dict(loss_D=[0.7] * 12, loss_G=[0.7] * 12, diversity=[1.0] * 12,
+                grad_G=[1.0] * 12, **{"D(x)": [0.03] * 12, "D(G(z))": [0.02] * 12,
+                                      "D(x,G(z))": [0.55] * 12})
+    assert _all_fired(_records(**calm)) == set()
+    assert _all_fired(_records(**{**calm, "D(x,G(z))": [0.85] * 12})) == {"no-equilibrium"}
+    sure = _records(**{**calm, "D(x,G(z))": [0.99] * 12})
+    assert _all_fired(sure) == {"D-wins", "no-equilibrium"}
+    monitor = health.HealthMonitor(warmup_steps=0)
+    assert "D(x,G(z)) 0.990" in monitor.message("D-wins", sure[-1])
+
+
 def test_diversity_keeps_its_own_copy_of_the_real_batches():
     """The loader hands out batches in buffers that its workers refill later: the real
     reference must be what was seen, not what the buffer holds when it is complete."""

@@ -26,10 +26,12 @@ COMMON = ["--data", "builtin:shapes", "--batch", "8", "--workers", "1", "--z-dim
           "--r1-gamma", "1", "--r1-interval", "2", "--log-every", "100000",
           "--sample-every", "100000", "--ckpt-every", "100000", "--no-progress",
           "--metric-samples", "16"]
-# Every arch with both precisions and both --accum; fp16 with its loss scalers;
+# Every arch with both precisions and both --accum, both losses (rpgan with R2 too); fp16
+# with its loss scalers;
 # StyleGAN2 with its EMA generator, DiffAugment and labels (--cond).
 RUNS = {
-    "dcgan-r1-fp32": ["--arch", "dcgan", "--width", "8", "--precision", "fp32"],
+    "dcgan-rpgan-r1-r2-fp32": ["--arch", "dcgan", "--width", "8", "--precision", "fp32",
+                               "--loss", "rpgan", "--r2-gamma", "1"],
     "dcgan-r1-bf16-accum2": ["--arch", "dcgan", "--width", "8", "--precision", "bf16",
                              "--accum", "2"],
     "dcgan-r1-fp16-accum2": ["--arch", "dcgan", "--width", "8", "--precision", "fp16",

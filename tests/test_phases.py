@@ -3,10 +3,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fastgan.models.mlp import MLPDiscriminator, MLPGenerator
 from fastgan.train import distributed, engines
-from fastgan.train.phases import GANStep, MicroBatch, StepBatch
+from fastgan.train.phases import GANStep, MicroBatch, Objective, StepBatch, gradient_penalty
 from fastgan.train.precision import resolve_precision
 from fastgan.train.schedule import lr_scale
 
@@ -19,7 +20,8 @@ def _engines(G, D, opt_G, opt_D, *, dist=CPU, precision="fp32", accum=1, grad_cl
     return engines.build(G, D, opt_G, opt_D, opts, dist)
 
 
-def _step(r1_gamma=0.0, r1_interval=4, lr=1.0, accum=1, precision="fp32", grad_clip=0.0):
+def _step(r1_gamma=0.0, r1_interval=4, lr=1.0, accum=1, precision="fp32", grad_clip=0.0,
+          loss="bce", r2_gamma=0.0):
     torch.manual_seed(0)
     G, D = MLPGenerator(z_dim=4, width=8), MLPDiscriminator(width=8)
     opt_G = torch.optim.SGD(G.parameters(), lr=lr)
@@ -27,7 +29,7 @@ def _step(r1_gamma=0.0, r1_interval=4, lr=1.0, accum=1, precision="fp32", grad_c
     G_eng, D_eng = _engines(G, D, opt_G, opt_D, precision=precision, accum=accum,
                             grad_clip=grad_clip)
     return GANStep(G_eng, D_eng, dist=CPU, precision=precision, accum=accum,
-                   r1_gamma=r1_gamma, r1_interval=r1_interval)
+                   objective=Objective(loss, r1_gamma, r2_gamma, r1_interval))
 
 
 def _z(n=8, seed=1):
@@ -44,6 +46,7 @@ def test_phases_and_intervals():
         step(real, _z(), i)
     stats = step.take_stats()
     assert list(stats) == ["loss_D", "loss_G", "D(x)", "D(G(z))", "r1", "grad_G", "grad_D"]
+    assert "D(x,G(z))" not in stats and "r2" not in stats  # rpgan's and R2's alone
     assert stats["grad_G"] > 0 and stats["grad_D"] > 0  # norms of the main phases' steps
     assert all(math.isfinite(v) for v in stats.values())
     step(real, _z(), 4)  # no R1 at step 4: its statistic is absent, not NaN
@@ -58,6 +61,7 @@ def test_r1_step_matches_direct_computation():
     x = real.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(before(x).sum(), x, create_graph=True)
     penalty = g.square().sum(1).mean()
+    assert gradient_penalty(g).item() == pytest.approx(penalty.item(), rel=1e-6)
     (penalty * 2.0 / 2 * 4).backward()
     step.d_reg(StepBatch([MicroBatch(real, None)]))
     moved = 0
@@ -69,6 +73,56 @@ def test_r1_step_matches_direct_computation():
             moved += int(p_old.grad.abs().sum() > 0)
     assert moved >= 4
     assert step.take_stats()["r1"] == pytest.approx(penalty.item(), rel=1e-6)
+
+
+def test_rpgan_step_matches_direct_computation():
+    """--loss rpgan: D steps on softplus(-(D(x) - D(G(z)))), then G on
+    softplus(-(D(G(z)) - D(x))) through the updated D; D(x,G(z)) is logged."""
+    step = _step(loss="rpgan", lr=0.1)
+    G, D = step.G.module, step.D.module
+    G0, D0 = copy.deepcopy(G), copy.deepcopy(D)
+    real, z = torch.randn(8, 2), _z()
+    step(real, z, 1)
+    fake = G0(z).detach()
+    d_loss = F.softplus(-(D0(real) - D0(fake))).mean()
+    pair = torch.sigmoid(D0(real) - D0(fake)).mean()
+    d_grads = torch.autograd.grad(d_loss, list(D0.parameters()))
+    D1 = copy.deepcopy(D0)
+    with torch.no_grad():
+        for p, grad in zip(D1.parameters(), d_grads):
+            p -= 0.1 * grad
+    g_loss = F.softplus(-(D1(G0(z)) - D1(real))).mean()
+    g_grads = torch.autograd.grad(g_loss, list(G0.parameters()))
+    for ours, ref in zip(D.parameters(), D1.parameters()):
+        torch.testing.assert_close(ours, ref)
+    for ours, ref, grad in zip(G.parameters(), G0.parameters(), g_grads):
+        torch.testing.assert_close(ours, ref - 0.1 * grad)
+    stats = step.take_stats()
+    assert stats["loss_D"] == pytest.approx(d_loss.item(), rel=1e-5)
+    assert stats["loss_G"] == pytest.approx(g_loss.item(), rel=1e-5)
+    assert stats["D(x,G(z))"] == pytest.approx(pair.item(), rel=1e-5)
+
+
+def test_r2_is_r1_on_generated_samples():
+    """R2 penalises D's gradient at G(z) exactly as R1 does at real images: an R2 step on
+    some fakes is bitwise the R1 step that takes those fakes for real images."""
+    r1 = _step(r1_gamma=2.0, r1_interval=4, lr=0.1)
+    r2 = _step(r2_gamma=2.0, r1_interval=4, lr=0.1)
+    assert [p.name for p in r2.phases] == ["D main", "D reg", "G main"]
+    fakes = r2.G.module(_z()).detach()
+    r1.d_reg(StepBatch([MicroBatch(fakes, None)]))
+    r2.d_reg(StepBatch([MicroBatch(torch.randn(8, 2), None)], fakes=[fakes]))
+    for a, b, s0 in zip(r1.D.module.parameters(), r2.D.module.parameters(),
+                        _step().D.module.parameters()):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, s0) for a, s0 in zip(r2.D.module.parameters(),
+                                                       _step().D.module.parameters()))
+    assert r2.take_stats()["r2"] == r1.take_stats()["r1"]
+    both = _step(r1_gamma=1.0, r2_gamma=3.0)
+    real = torch.randn(8, 2)
+    both(real, _z(), 4)
+    stats = both.take_stats()
+    assert stats["r1"] > 0 and stats["r2"] > 0
 
 
 def test_g_phase_leaves_d_untouched():
@@ -114,8 +168,8 @@ def test_training_is_the_same_on_the_triton_path(arch, monkeypatch):
         D = models.build_discriminator(arch, d_kw).to(device)
         G_eng, D_eng = _engines(G, D, torch.optim.Adam(G.parameters(), 1e-3),
                                 torch.optim.Adam(D.parameters(), 1e-3), dist=dist)
-        step = GANStep(G_eng, D_eng, dist=dist, precision="fp32", r1_gamma=1.0,
-                       r1_interval=2)
+        step = GANStep(G_eng, D_eng, dist=dist, precision="fp32",
+                       objective=Objective(r1_gamma=1.0, reg_interval=2))
         real = torch.randn(8, 2) if arch == "mlp" else torch.rand(8, 3, 8, 8) * 2 - 1
         real = real.to(device)
         for i in range(1, 6):

@@ -37,6 +37,23 @@ def synthetic_run(tmp_path):
     return tmp_path
 
 
+def test_an_rpgan_run_shows_the_pair_statistic(synthetic_run):
+    """Under --loss rpgan the records hold D(x,G(z)): the D(x) panel, the progress line
+    and the summary show it; a bce run's do not name it."""
+    from fastgan.report import progress_postfix
+
+    path = synthetic_run / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    bce_line = progress_postfix({**records[-1], "img_s": 1.0})
+    path.write_text("".join(json.dumps({**r, "D(x,G(z))": 0.6}) + "\n" for r in records))
+    probs = report_figure(synthetic_run).axes[1]
+    assert probs.get_title() == "D(x) and D(G(z)), D(x,G(z)); 0.5: D cannot tell"
+    assert [line.get_label() for line in probs.lines][:3] == ["D(x)", "D(G(z))", "D(x,G(z))"]
+    assert "D(x,G(z))" not in bce_line
+    assert "D(x,G(z)) 0.60" in progress_postfix({**records[-1], "img_s": 1.0,
+                                                 "D(x,G(z))": 0.6})
+
+
 def _column(img: np.ndarray, ax, x: float) -> np.ndarray:
     """The pixels of ``img`` (a render of ax's figure) down the inside of ``ax`` at data x."""
     bbox = ax.get_window_extent()

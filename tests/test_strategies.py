@@ -29,10 +29,15 @@ def _assert_ranks_equal(out, step):
     ["--strategy", "ddp", "--precision", "fp16"],  # CPU autocast has fp16, GradScaler too
     ["--strategy", "deepspeed", "--zero", "1", "--precision", "bf16"],
     ["--strategy", "deepspeed", "--zero", "2", "--precision", "fp32"],
-], ids=["ddp-fp32", "ddp-bf16", "ddp-fp16", "zero1-bf16", "zero2-fp32"])
+    ["--strategy", "ddp", "--precision", "fp16", "--loss", "rpgan", "--r2-gamma", "1"],
+    ["--strategy", "deepspeed", "--zero", "1", "--precision", "bf16", "--loss", "rpgan",
+     "--r2-gamma", "1"],
+], ids=["ddp-fp32", "ddp-bf16", "ddp-fp16", "zero1-bf16", "zero2-fp32", "ddp-fp16-rpgan-r2",
+        "zero1-bf16-rpgan-r2"])
 def test_two_ranks_train_identically(tmp_path, cache_dir, flags):
     """DCGAN with BatchNorm and R1 on the shapes shards, 2 ranks: G and D (parameters and
-    the synchronised BatchNorm statistics) are bitwise the same on both ranks."""
+    the synchronised BatchNorm statistics) are bitwise the same on both ranks; under the
+    relativistic loss with R2 too."""
     run = tmp_path / "run"
     out = run_train(["--steps", "4", "--ckpt-every", "2", "--out", str(run),
                      "--cache-dir", cache_dir, *SHAPES, *flags], 2, tmp_path / "rec")
@@ -45,6 +50,8 @@ def test_two_ranks_train_identically(tmp_path, cache_dir, flags):
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert recs[-1]["step"] == 4 and recs[-1]["skipped_nonfinite"] == 0
     assert "r1" in recs[-1]  # the shapes preset's R1 ran (every 4 steps)
+    rpgan = "rpgan" in flags
+    assert ("r2" in recs[-1]) == rpgan and ("D(x,G(z))" in recs[-1]) == rpgan
 
 
 @pytest.mark.parametrize("strategy", [["--strategy", "ddp"],

@@ -43,6 +43,7 @@ from ..train.build import build_networks, train_gan
 from ..train.distributed import Dist
 from ..train.ema import EMA
 from ..train.engines import Engine, EngineOptions
+from ..train.phases import Objective
 from ..train.precision import resolve_precision
 from ..train.schedule import lr_scheduler
 
@@ -181,8 +182,8 @@ class Ensemble:
                              grad_clip=0.0, precision=resolve_precision(
                                  cfg.run.precision, self.device, points=True))
         self.gan = train_gan(self.G, D, images=False, opts=opts, dist=dist, lr_g=o.lr_g,
-                             lr_d=o.lr_d, betas=(o.beta1, o.beta2), r1_gamma=o.r1_gamma,
-                             r1_interval=o.r1_interval, augment=o.augment,
+                             lr_d=o.lr_d, betas=(o.beta1, o.beta2),
+                             objective=Objective.of(o), augment=o.augment,
                              engine=MemberEngine)
         # the EMA generator, as fastgan train keeps it: what is evaluated
         self.ema = EMA(self.G, o.ema_kimg, o.ema_rampup) if o.ema_kimg > 0 else None

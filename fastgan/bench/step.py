@@ -46,6 +46,7 @@ from .. import models
 from ..errors import UserError
 from ..train import distributed, engines
 from ..train.build import build_gan
+from ..train.phases import Objective
 from ..train.precision import resolve_precision
 from . import options_from_args
 from .data import PREFETCH, fastgan_batches, folder_batches
@@ -176,12 +177,12 @@ def device_ms(step, device: torch.device, steps: int = 4) -> float | None:
     return kernel_us / 1e3 / steps
 
 
-def _regularisation(o: StepBenchOptions) -> dict:
+def _objective(o: StepBenchOptions) -> Objective:
     """StyleGAN2 trains with lazy R1 (every 16 steps): its step includes it, as NVlabs'
     seconds per kimg do."""
     if o.arch == "stylegan2":
-        return dict(r1_gamma=0.0002 * o.res**2 / o.batch, r1_interval=16)
-    return {}
+        return Objective(r1_gamma=0.0002 * o.res**2 / o.batch, reg_interval=16)
+    return Objective()
 
 
 def run(o: StepBenchOptions) -> dict:
@@ -209,7 +210,7 @@ def _run(o: StepBenchOptions, d: distributed.Dist) -> dict:
         return build_gan(o.arch, g_kw, d_kw, images=images, dist=d, opts=engines.EngineOptions(
             strategy=strategy, precision=precision, micro_batch=per_rank // o.accum,
             accum=o.accum, grad_clip=0.0, zero=o.zero, compile_mode=compile_mode),
-            lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), seed=0, **_regularisation(o))
+            lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), seed=0, objective=_objective(o))
 
     gan = build(None)
     shape = (per_rank, 3, o.res, o.res) if images else (per_rank, 2)

@@ -22,6 +22,7 @@ from .. import models
 from ..config import int_flag
 from ..train import distributed, engines
 from ..train.build import build_gan
+from ..train.phases import Objective
 from .step import TrainingStep
 
 Z_DIM = 512
@@ -50,7 +51,7 @@ def make_step(d: distributed.Dist, res: int, batch: int, precision: str,
     gan = build_gan("stylegan2", g_kw, d_kw, images=True, dist=d, opts=engines.EngineOptions(
         strategy="none", precision=precision, micro_batch=batch, accum=1, grad_clip=0.0,
         zero=1), lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), seed=0,
-        r1_gamma=0.0002 * res**2 / batch, r1_interval=16)
+        objective=Objective(r1_gamma=0.0002 * res**2 / batch, reg_interval=16))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if not channels_last:
         gan.G.to(memory_format=fmt)

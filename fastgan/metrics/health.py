@@ -8,7 +8,9 @@ Signals (one value per ``--log-every`` record, in ``metrics.jsonl``):
   is as varied as the data; near 0 when G makes one thing whatever z is.
 * ``grad_G`` and ``grad_D``: mean gradient norms of the networks' parameters over the
   steps since the last record (the G phase's, and the D main phase's).
-* ``D(x)``, ``D(G(z))``, ``loss_D``, ``loss_G``: as logged.
+* ``D(x)``, ``D(G(z))``, ``loss_D``, ``loss_G``: as logged; under ``--loss rpgan``,
+  ``D(x,G(z))``, the mean sigmoid(D(x) - D(G(z))), in place of D(x) and D(G(z)): that
+  loss sees only the difference of the two logits, so each alone drifts freely.
 
 Warnings (``health`` in the record: the active ones; a log line when one starts or
 clears; short tags in the progress bar). Each needs its condition over several records
@@ -22,8 +24,11 @@ of the run (an untrained G is neither diverse nor good, and early coverage wande
   records (D rejects every sample with confidence: under the minimax loss G's gradient
   would vanish; the non-saturating loss keeps it, but it says little), or G's gradient
   norm below ``VANISHED`` times its largest so far for as long.
+  Under rpgan: D(x,G(z)) above ``1 - SATURATED`` for as many records (D ranks every
+  real image above its fake with confidence).
 * ``no-equilibrium`` (non-convergence): D(x) - D(G(z)) above ``GAP`` for ``GAP_RECORDS``
   records: D keeps telling real from fake apart; a balanced game sits near 0.5 / 0.5.
+  Under rpgan: D(x,G(z)) above ``0.5 + GAP / 2`` for as many records.
 * ``oscillation``: over the last ``SWING_RECORDS`` records, loss_D or loss_G spans more
   than ``SWING`` times its median, reversing direction at least every other record:
   the players chase each other instead of settling.
@@ -50,6 +55,7 @@ GAP, GAP_RECORDS = 0.6, 5
 SWING, SWING_RECORDS = 1.0, 8
 RISE_RECORDS = 4
 REFERENCE = 256  # samples in the real and generated diversity batches
+PAIR = "D(x,G(z))"  # --loss rpgan's statistic of D's judgement
 
 ADVICE = {
     "collapse": "mode collapse",
@@ -156,15 +162,10 @@ class HealthMonitor:
             out.add("collapse")
         if self.low_modes >= MODES_RECORDS:
             out.add("collapse")
-        fake = self._last("D(G(z))", SATURATED_RECORDS)
-        if fake and max(fake) < SATURATED:
-            out.add("D-wins")
+        out |= self._pair_check() if PAIR in r else self._probability_check()
         grads = self._last("grad_G", SATURATED_RECORDS)
         if grads and max(grads) < VANISHED * self.max_grad_g:
             out.add("D-wins")
-        real, fake = self._last("D(x)", GAP_RECORDS), self._last("D(G(z))", GAP_RECORDS)
-        if real and fake and min(a - b for a, b in zip(real, fake)) > GAP:
-            out.add("no-equilibrium")
         for key in ("loss_D", "loss_G"):
             swing = self._last(key, SWING_RECORDS)
             if swing and all(map(math.isfinite, swing)) and \
@@ -181,6 +182,28 @@ class HealthMonitor:
             out.add("diverging")
         return out
 
+    def _probability_check(self) -> set[str]:
+        """D-wins and no-equilibrium from D(x) and D(G(z)) (--loss bce)."""
+        out = set()
+        fake = self._last("D(G(z))", SATURATED_RECORDS)
+        if fake and max(fake) < SATURATED:
+            out.add("D-wins")
+        real, fake = self._last("D(x)", GAP_RECORDS), self._last("D(G(z))", GAP_RECORDS)
+        if real and fake and min(a - b for a, b in zip(real, fake)) > GAP:
+            out.add("no-equilibrium")
+        return out
+
+    def _pair_check(self) -> set[str]:
+        """The same from D(x,G(z)) (--loss rpgan), which is 0.5 when D cannot tell."""
+        out = set()
+        pair = self._last(PAIR, SATURATED_RECORDS)
+        if pair and min(pair) > 1 - SATURATED:
+            out.add("D-wins")
+        pair = self._last(PAIR, GAP_RECORDS)
+        if pair and min(pair) > 0.5 + GAP / 2:
+            out.add("no-equilibrium")
+        return out
+
     def message(self, warning: str, r: dict) -> str:
         """The log line when ``warning`` starts: what is seen and what to do."""
         g = f", G's gradient norm {r['grad_G']:.3g}" if "grad_G" in r else ""
@@ -190,12 +213,15 @@ class HealthMonitor:
                        f"{self.best_modes})" if "modes_covered" in r else ""))
             todo = "try --pack 2 (mlp), --r1-gamma, a lower --lr-g, or resume an earlier checkpoint"
         elif warning == "D-wins":
-            what = (f"D(G(z)) {r['D(G(z))']:.3f}, D(x) {r['D(x)']:.3f}{g}, largest so far "
-                    f"{self.max_grad_g:.3g}")
+            said = (f"{PAIR} {r[PAIR]:.3f}" if PAIR in r else
+                    f"D(G(z)) {r['D(G(z))']:.3f}, D(x) {r['D(x)']:.3f}")
+            what = f"{said}{g}, largest so far {self.max_grad_g:.3g}"
             todo = ("try a lower --lr-d, --r1-gamma (or a larger one), --augment diffaug on "
                     "small data")
         elif warning == "no-equilibrium":
-            what = f"D(x) {r['D(x)']:.2f} vs D(G(z)) {r['D(G(z))']:.2f} for {GAP_RECORDS} records"
+            said = (f"{PAIR} {r[PAIR]:.2f}" if PAIR in r else
+                    f"D(x) {r['D(x)']:.2f} vs D(G(z)) {r['D(G(z))']:.2f}")
+            what = f"{said} for {GAP_RECORDS} records"
             todo = "try --r1-gamma, a lower --lr-d, or a higher --lr-g"
         elif warning == "oscillation":
             what = (f"loss_D {r.get('loss_D', math.nan):.3g}, loss_G "
@@ -205,3 +231,4 @@ class HealthMonitor:
             what = f"loss_G {r.get('loss_G', float('nan')):.3g} and rising{g}"
             todo = "try lower learning rates, --grad-clip, --r1-gamma"
         return f"health: {ADVICE[warning]} ({what}): {todo}"
+

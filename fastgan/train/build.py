@@ -13,7 +13,7 @@ from .. import models
 from . import augment as augmentations
 from .distributed import Dist
 from .engines import Engine, EngineOptions, build
-from .phases import GANStep
+from .phases import GANStep, Objective
 
 
 @dataclass
@@ -27,7 +27,7 @@ class GAN:
 
 def build_gan(arch: str, g_kwargs: dict, d_kwargs: dict, *, images: bool, opts: EngineOptions,
               dist: Dist, lr_g: float, lr_d: float, betas: tuple[float, float], seed: int,
-              r1_gamma: float = 0.0, r1_interval: int = 4, augment: str = "none") -> GAN:
+              objective: Objective = Objective(), augment: str = "none") -> GAN:
     G, D = build_networks(arch, g_kwargs, d_kwargs, seed=seed, device=dist.device)
     # channels_last: the convolutions run faster (oneDNN, cuDNN). Not under DeepSpeed,
     # whose engine broadcasts and flattens parameters as if contiguous (it fails on
@@ -36,8 +36,7 @@ def build_gan(arch: str, g_kwargs: dict, d_kwargs: dict, *, images: bool, opts: 
         G = G.to(memory_format=torch.channels_last)
         D = D.to(memory_format=torch.channels_last)
     return train_gan(G, D, images=images, opts=opts, dist=dist, lr_g=lr_g, lr_d=lr_d,
-                     betas=betas, r1_gamma=r1_gamma, r1_interval=r1_interval,
-                     augment=augment)
+                     betas=betas, objective=objective, augment=augment)
 
 
 def build_networks(arch: str, g_kwargs: dict, d_kwargs: dict, *, seed: int,
@@ -51,8 +50,8 @@ def build_networks(arch: str, g_kwargs: dict, d_kwargs: dict, *, seed: int,
 
 
 def train_gan(G: nn.Module, D: nn.Module, *, images: bool, opts: EngineOptions, dist: Dist,
-              lr_g: float, lr_d: float, betas: tuple[float, float], r1_gamma: float = 0.0,
-              r1_interval: int = 4, augment: str = "none",
+              lr_g: float, lr_d: float, betas: tuple[float, float],
+              objective: Objective = Objective(), augment: str = "none",
               engine: type[Engine] = Engine) -> GAN:
     """G and D's optimizers, engines (of class ``engine``) and training step."""
     # The fused Adam updates all tensors in one kernel: with many small tensors (the
@@ -61,6 +60,5 @@ def train_gan(G: nn.Module, D: nn.Module, *, images: bool, opts: EngineOptions, 
     opt_D = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas, fused=True)
     G_eng, D_eng = build(G, D, opt_G, opt_D, opts, dist, engine)
     step = GANStep(G_eng, D_eng, dist=dist, precision=opts.precision, accum=opts.accum,
-                   r1_gamma=r1_gamma, r1_interval=r1_interval,
-                   augment=augmentations.build(augment, images))
+                   objective=objective, augment=augmentations.build(augment, images))
     return GAN(G, D, G_eng, D_eng, step)

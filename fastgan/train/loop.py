@@ -56,7 +56,7 @@ from .board import Board
 from .build import build_gan
 from .ema import EMA
 from .inputs import Latents, RealBatch, build_inputs
-from .phases import NonfiniteStreak
+from .phases import NonfiniteStreak, Objective
 from .precision import resolve_precision
 from .preemption import StopRequest, StopVote
 from .runlock import RunLock
@@ -183,7 +183,7 @@ class Trainer:
                 deepspeed_config=cfg.dist.deepspeed_config,
                 compile_mode=cfg.run.compile_mode if cfg.run.compile else None),
             lr_g=o.lr_g, lr_d=o.lr_d, betas=(o.beta1, o.beta2), seed=cfg.run.seed,
-            r1_gamma=o.r1_gamma, r1_interval=o.r1_interval, augment=o.augment)
+            objective=Objective.of(o), augment=o.augment)
         # Other randomness (StyleGAN2's noise inputs, augmentations) differs per rank.
         torch.manual_seed(cfg.run.seed * 1000 + 500 + d.rank)
         self.ema = EMA(self.gan.G, o.ema_kimg, o.ema_rampup) if o.ema_kimg > 0 else None

@@ -1,12 +1,20 @@
 """The GAN training step as a list of phases, each with an interval.
 
     D main   every step          D learns to tell real (target 1) from G(z) (target 0)
-    D reg    every --r1-interval  R1: penalise the gradient of D on real images
+    D reg    every --r1-interval  R1 and R2: penalise the gradient of D on real images
+                                 and on generated ones
     G main   every step          G learns to make D say 1 on G(z) (non-saturating loss)
 
+Two losses (``--loss``). ``bce``, the non-saturating loss: D scores each image alone.
+``rpgan``, the relativistic pairing loss (R3GAN, Huang et al., 2024): D scores how much
+more real a real image looks than a generated one, softplus(-(D(x) - D(G(z)))) for D
+and the reverse for G, so G's phase also runs D (frozen, without a graph) on the real
+batch. Both go through the fused loss kernels.
+
 R1 (Mescheder et al., 2018) keeps D from growing arbitrarily sharp around the real
-data, the usual road to "D wins, G's gradients vanish, G collapses". It is lazy (as in
-StyleGAN2): computed every N steps and scaled by N, which costs 1/N of a D pass. It runs
+data, the usual road to "D wins, G's gradients vanish, G collapses"; R2 does the same
+around the generated data (R3GAN's pairing needs both to converge). They are lazy (as in
+StyleGAN2): computed every N steps and scaled by N, which costs 1/N of a D pass. They run
 on D's plain module (DDP does not all-reduce the gradients of a double backward,
 pytorch #63929; the engine all-reduces them by hand).
 
@@ -36,8 +44,11 @@ from .distributed import Dist, all_reduce_sum
 from .engines import Engine
 from .precision import autocast
 
-# The statistics of a step, in the order of the records
-STAT_NAMES = ("loss_D", "loss_G", "D(x)", "D(G(z))", "r1", "grad_G", "grad_D")
+# The statistics of a step, in the order of the records. D(x,G(z)) (rpgan only): the
+# mean sigmoid(D(x) - D(G(z))), how surely D ranks a real image above its paired fake.
+STAT_NAMES = ("loss_D", "loss_G", "D(x)", "D(G(z))", "D(x,G(z))", "r1", "r2", "grad_G",
+              "grad_D")
+LOSSES = ("bce", "rpgan")
 
 
 def _call(net, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
@@ -45,10 +56,33 @@ def _call(net, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
     return net(x) if c is None else net(x, c)
 
 
-def r1_penalty(grad: torch.Tensor) -> torch.Tensor:
-    """R1's penalty from D's gradient at the real samples: each sample's squared gradient
-    norm, averaged over the batch (weighted by gamma / 2, times the interval when lazy)."""
+def gradient_penalty(grad: torch.Tensor) -> torch.Tensor:
+    """R1's penalty from D's gradient at the real samples, R2's at the generated ones:
+    each sample's squared gradient norm, averaged over the batch (weighted by gamma / 2,
+    times the interval when lazy)."""
     return grad.float().square().sum(dim=tuple(range(1, grad.ndim))).mean()
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the GAN step optimises: the loss and D's gradient penalties."""
+    loss: str = "bce"  # one of LOSSES
+    r1_gamma: float = 0.0  # R1's weight: D's gradient at real images (0: off)
+    r2_gamma: float = 0.0  # R2's weight: D's gradient at generated images (0: off)
+    reg_interval: int = 4  # steps between the (lazy) penalties
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss {self.loss!r} is not one of {LOSSES}")
+
+    @classmethod
+    def of(cls, optim) -> Objective:
+        """The objective of an ``OptimConfig`` (``--loss``, ``--r1-gamma``...)."""
+        return cls(optim.loss, optim.r1_gamma, optim.r2_gamma, optim.r1_interval)
+
+    @property
+    def regularised(self) -> bool:
+        return self.r1_gamma > 0 or self.r2_gamma > 0
 
 
 class RunningMeans:
@@ -127,17 +161,17 @@ class Phase:
 
 class GANStep:
     def __init__(self, G: Engine, D: Engine, *, dist: Dist, precision: str, accum: int = 1,
-                 r1_gamma: float = 0.0, r1_interval: int = 4,
+                 objective: Objective = Objective(),
                  augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.G, self.D = G, D
         # what D sees, real and fake alike: the images, or their augmentations
         self.aug = augment or _unchanged
         self.dist, self.device, self.precision = dist, dist.device, precision
         self.accum = accum
-        self.r1_gamma, self.r1_interval = r1_gamma, r1_interval
+        self.objective = objective
         self.phases = [Phase("D main", 1, self.d_main, D)]
-        if r1_gamma > 0:
-            self.phases.append(Phase("D reg", r1_interval, self.d_reg, D))
+        if objective.regularised:
+            self.phases.append(Phase("D reg", objective.reg_interval, self.d_reg, D))
         self.phases.append(Phase("G main", 1, self.g_main, G))
         self.stats = RunningMeans(STAT_NAMES, self.device)
         # optimizer steps skipped on every rank for a NaN/Inf, cumulative; and whether
@@ -192,28 +226,49 @@ class GANStep:
                 with self.autocast():
                     real_logits = _call(D.forward, self.aug(micro.real), micro.c)
                     fake_logits = _call(D.forward, self.aug(fake), micro.c)
-                loss, d_real, d_fake = kernels.gan_d_loss(real_logits, fake_logits)
+                loss, stats = self._d_loss(real_logits, fake_logits)
                 D.backward(loss, i)
-            totals.add({"loss_D": loss.detach(), "D(x)": d_real, "D(G(z))": d_fake})
+            totals.add({"loss_D": loss.detach(), **stats})
         D.step()
         self._record(D, totals.mean(self.accum))
 
+    def _d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """D's loss and its statistics by name, under the objective's loss."""
+        if self.objective.loss == "rpgan":
+            loss, d_real, d_fake, d_pair = kernels.rpgan_d_loss(real_logits, fake_logits)
+            return loss, {"D(x)": d_real, "D(G(z))": d_fake, "D(x,G(z))": d_pair}
+        loss, d_real, d_fake = kernels.gan_d_loss(real_logits, fake_logits)
+        return loss, {"D(x)": d_real, "D(G(z))": d_fake}
+
     def d_reg(self, batch: StepBatch) -> None:
-        D = self.D
-        # Under fp16 R1 runs in fp32: fp16's range is too narrow for the second
-        # derivative of BatchNorm (NaN in the first layers' gradients even unscaled).
-        precision = "fp32" if self.precision == "fp16" else self.precision
+        D, o = self.D, self.objective
         totals = MicroBatchSums()
+        gammas = {"r1": o.r1_gamma, "r2": o.r2_gamma}
         for i, micro in enumerate(batch.micro):
-            real = micro.real.detach().requires_grad_(True)
-            with autocast(precision, self.device):
-                logits = _call(D.module, self.aug(real), micro.c)  # penalty on the image itself
-            (grad,) = torch.autograd.grad(logits.float().sum(), real, create_graph=True)
-            penalty = r1_penalty(grad)
-            D.backward(penalty * (self.r1_gamma / 2 * self.r1_interval), i, wrapped=False)
-            totals.add({"r1": penalty.detach()})
+            penalties = {}
+            if o.r1_gamma > 0:
+                penalties["r1"] = self._gradient_penalty(micro.real, micro.c)
+            if o.r2_gamma > 0:
+                penalties["r2"] = self._gradient_penalty(self._fake(batch, i), micro.c)
+            loss = sum(p * (gammas[name] / 2 * o.reg_interval) for name, p in penalties.items())
+            D.backward(loss, i, wrapped=False)
+            totals.add({name: p.detach() for name, p in penalties.items()})
         D.step()
         self._record(D, totals.mean(self.accum), norm=False)
+
+    def _gradient_penalty(self, images: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """gradient_penalty of D's gradient at ``images`` (the images themselves, before
+        any augmentation), with the graph for D's backward. In float32, as the real
+        images are: G's output is in the autocast dtype."""
+        x = images.detach().float().requires_grad_(True)
+        # Under fp16 the penalties run in fp32: fp16's range is too narrow for the second
+        # derivative of BatchNorm (NaN in the first layers' gradients even unscaled).
+        precision = "fp32" if self.precision == "fp16" else self.precision
+        with autocast(precision, self.device):
+            logits = _call(self.D.module, self.aug(x), c)
+        (grad,) = torch.autograd.grad(logits.float().sum(), x, create_graph=True)
+        return gradient_penalty(grad)
 
     def g_main(self, batch: StepBatch) -> None:
         G, last = self.G, self.accum - 1
@@ -227,7 +282,13 @@ class GANStep:
                         fake = (batch.fakes[i] if batch.fakes is not None
                                 else _call(G.forward, micro.z, micro.c))
                         fake_logits = _call(D, self.aug(fake), micro.c)
-                    loss = kernels.gan_g_loss(fake_logits)
+                        if self.objective.loss == "rpgan":  # D(x): no graph needed
+                            with torch.no_grad():
+                                real_logits = _call(D, self.aug(micro.real), micro.c)
+                    if self.objective.loss == "rpgan":
+                        loss = kernels.rpgan_g_loss(real_logits, fake_logits)
+                    else:
+                        loss = kernels.gan_g_loss(fake_logits)
                     G.backward(loss, i)
                 totals.add({"loss_G": loss.detach()})
             G.step()
