@@ -231,4 +231,3 @@ class HealthMonitor:
             what = f"loss_G {r.get('loss_G', float('nan')):.3g} and rising{g}"
             todo = "try lower learning rates, --grad-clip, --r1-gamma"
         return f"health: {ADVICE[warning]} ({what}): {todo}"
-
