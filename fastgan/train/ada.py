@@ -256,7 +256,7 @@ def colour_matrix(c: Colour) -> torch.Tensor:
     along_luma = F.pad(torch.full((3, 3), 1 / 3, device=b.device), (0, 1, 0, 1))
     chroma = F.pad(torch.eye(3, device=b.device) - 1 / 3, (0, 1, 0, 1))
     kept = eye - chroma
-    # the cross product with u: u x v = (v_y - v_z ... ) / sqrt(3), from the cyclic shift
+    # [u]x, the matrix of v -> u x v, is (C^T - C) / sqrt(3) for the cyclic shift C
     cycle = torch.eye(3, device=b.device).roll(1, dims=1)
     cross = F.pad((cycle.T - cycle) / math.sqrt(3), (0, 1, 0, 1))
     # Householder reflection across the plane orthogonal to the luma axis
@@ -294,10 +294,11 @@ def _mirrored(i: int, size: int) -> int:
     return i if i < size else 2 * size - 1 - i
 
 
-# The resampling runs as matrix products along each axis: for the sizes GANs train at
-# (up to 1024) one dense product is faster than a one-channel convolution on the CPU
-# and costs about 12 * size multiply-adds per pixel, a few per cent of a GAN step at
-# 1024 on a GPU. The matrices fold in the mirroring and the interleaving of the two
+# The resampling runs as one dense matrix product per axis. It does about 12 * size
+# multiply-adds per pixel where banded convolutions do about 110, but one-channel
+# convolutions run far below peak: on the CPU the products are several times faster at
+# the sizes measured (up to 64); at a few hundred pixels convolutions are likely faster
+# (not measured). The matrices fold in the mirroring and the interleaving of the two
 # phases, and are made once per size and device: moving them to the device at every
 # call would make the host wait for it.
 
@@ -400,8 +401,9 @@ class AdaptiveP:
     then :meth:`step` once. Every ``interval`` steps the sums are all-reduced (when
     ``all_reduce_sum`` is given, e.g. ``functools.partial(distributed.all_reduce_sum,
     d=dist)``), so that every rank computes the same ``r_t`` and the same p, and p moves
-    by ``sign(r_t - target)`` times the images judged over ``kimg * 1000``. Nothing is
-    read back to the host. ``target=None`` keeps p fixed and still measures ``r_t``.
+    by ``sign(r_t - target)`` times the images judged over ``kimg * 1000`` (D gives one
+    logit per image, so that is batch x interval over all ranks). Nothing is read back
+    to the host. ``target=None`` keeps p fixed and still measures ``r_t``.
     """
 
     def __init__(self, p: float = 0.0, *, target: float | None = 0.6, interval: int = 4,
