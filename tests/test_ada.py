@@ -263,6 +263,20 @@ def test_pipeline_under_bf16_autocast_keeps_dtype_and_gradients(dtype):
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
+def test_r1_penalty_through_the_pipeline_reaches_d():
+    """GANStep's R1 penalty differentiates D(aug(real)) with respect to the real images
+    and then differentiates the penalty with respect to D: the pipeline must be twice
+    differentiable (grid_sample's double backward included)."""
+    x = _random_images(n=2).requires_grad_()
+    weight = torch.randn(2, 3, 3, 3, generator=torch.Generator().manual_seed(0),
+                         requires_grad=True)
+    pipe = A.AugmentPipe(torch.tensor(1.0), generator=torch.Generator().manual_seed(0))
+    logits = torch.nn.functional.conv2d(pipe(x), weight).square().sum()
+    (grad,) = torch.autograd.grad(logits, x, create_graph=True)
+    grad.square().sum().backward()
+    assert torch.isfinite(weight.grad).all() and weight.grad.abs().sum() > 0
+
+
 def test_seeded_generator_reproduces_the_augmentation():
     x = _random_images()
     a = A.AugmentPipe(torch.tensor(0.7), generator=torch.Generator().manual_seed(3))(x)
