@@ -37,6 +37,9 @@ class DataConfig:
                         choices=("resampled", "exact"))
     epoch_images: int | None = opt(None, "images per epoch in resampled mode (default: the "
                                    "dataset's size)")
+    subset: int | None = opt(None, "train on the first N images of an embedded dataset (a "
+                             "limited-data run; builtin:shapes has 16 modes, so a multiple "
+                             "of 16 keeps them balanced)")
     cache_dir: str | None = opt(None, "where embedded datasets are written as shards "
                                 "(default: $FASTGAN_CACHE or ~/.cache/fastgan)")
 
@@ -75,9 +78,18 @@ class OptimConfig:
     r2_gamma: float = opt(0.0, "R2 penalty weight on D's gradient at generated data (0: "
                           "off), lazy with R1")
     r1_interval: int = opt(4, "steps between (lazy) R1 and R2 penalties")
-    augment: str = opt("none", "diffaug: D sees real and generated images through random "
-                       "colour, translation and cutout (for small datasets)",
-                       choices=("none", "diffaug"))
+    augment: str = opt("none", "what D sees of real and generated images (for small "
+                       "datasets): diffaug, random colour, translation and cutout; ada, "
+                       "StyleGAN2-ADA's geometric and colour augmentations at a "
+                       "probability p that rises while D overfits",
+                       choices=("none", "diffaug", "ada"))
+    augment_p: float | None = opt(None, "--augment ada at this fixed probability p "
+                                  "(default: p adapts from 0)")
+    ada_target: float = opt(0.6, "--augment ada: p rises while the share of real images "
+                            "D judges real, as E[sign(D(x))], is above this, and falls below")
+    ada_interval: int = opt(4, "--augment ada: D steps between adjustments of p")
+    ada_kimg: float = opt(500.0, "--augment ada: thousands of images in which p can go "
+                          "from 0 to 1 (the speed of the adjustment)")
     ema_kimg: float | None = opt(None, "half-life of the EMA generator in thousands of images "
                                  "(0: no EMA; default: 10 for stylegan2, else 0); samples, "
                                  "metrics and generator.pt use it")
@@ -376,13 +388,18 @@ def validate(cfg: TrainConfig, points: bool) -> None:
             raise UserError(f"{flag}: {msg}")
 
     if points:
-        need(o.augment == "none", "--augment", "diffaug works on images, not 2-D points")
+        need(o.augment == "none", "--augment", f"{o.augment} works on images, not 2-D points")
         need(m.arch == "mlp", "--arch", f"{m.arch} cannot model 2-D points; use --arch mlp")
     else:
         need(m.arch != "mlp", "--arch", "mlp models 2-D points only; use --arch dcgan or "
              "stylegan2 for images")
         need(d.res is not None and d.res >= 8 and d.res & (d.res - 1) == 0 and d.res <= 1024,
              "--res", f"must be a power of two from 8 to 1024, got {d.res}")
+    if d.subset is not None:
+        need(d.subset >= 1, "--subset", f"must be >= 1, got {d.subset}")
+        need(d.data.startswith("builtin:") and not points, "--subset", "only for the "
+             f"embedded image datasets, not {d.data}; for your own, write the images you "
+             "want as shards (fastgan shards)")
     need(d.workers >= 0, "--workers", f"must be >= 0, got {d.workers}")
     need(d.shuffle >= 1, "--shuffle", f"must be >= 1, got {d.shuffle}")
     need(d.epoch_images is None or d.epoch_images >= 1, "--epoch-images",
@@ -402,6 +419,13 @@ def validate(cfg: TrainConfig, points: bool) -> None:
     need(o.r1_gamma >= 0, "--r1-gamma", f"must be >= 0, got {o.r1_gamma}")
     need(o.r2_gamma >= 0, "--r2-gamma", f"must be >= 0, got {o.r2_gamma}")
     need(o.r1_interval >= 1, "--r1-interval", f"must be >= 1, got {o.r1_interval}")
+    need(o.augment_p is None or o.augment == "ada", "--augment-p",
+         f"sets ADA's probability: needs --augment ada, not {o.augment}")
+    need(o.augment_p is None or 0 <= o.augment_p <= 1, "--augment-p",
+         f"must be in [0, 1], got {o.augment_p}")
+    need(-1 < o.ada_target < 1, "--ada-target", f"must be in (-1, 1), got {o.ada_target}")
+    need(o.ada_interval >= 1, "--ada-interval", f"must be >= 1, got {o.ada_interval}")
+    need(o.ada_kimg > 0, "--ada-kimg", f"must be > 0, got {o.ada_kimg}")
     need(o.ema_kimg >= 0, "--ema-kimg", f"must be >= 0, got {o.ema_kimg}")
     need(o.ema_rampup >= 0, "--ema-rampup", f"must be >= 0, got {o.ema_rampup}")
     need(lp.batch >= 1, "--batch", f"must be >= 1, got {lp.batch}")

@@ -3,7 +3,8 @@ latest samples, drawn with matplotlib.
 
 Panels: the losses; D(x) and D(G(z)) (and D(x,G(z)) under rpgan) around 0.5; the
 health signals (diversity, and on the embedded datasets modes covered and sample
-quality); the gradient norms (log scale); the newest sample grid. Records with an
+quality); the gradient norms (log scale); under ``--augment ada``, p and r_t; the newest
+sample grid. Records with an
 active health warning are shaded red on every curve panel, and the warnings are listed
 under the title.
 
@@ -158,10 +159,18 @@ def report_figure(run: Path) -> Figure:
            xs, {**columns(records, "diversity"), "modes covered": modes,
                 **columns(records, "high_quality", "recognisable")}, spans)
     signals.axhline(health.COLLAPSE_DIVERSITY, color="firebrick", ls="--", lw=1)
+    ada = any("augment_p" in r for r in records)  # --augment ada: its own panel
+    if ada:
+        ada_panel = fig.add_subplot(grid[1, 2])
+        curves(ada_panel, "ADA: p rises while r_t = E[sign(D(x))] is above its target",
+               xs, columns(records, "augment_p", "r_t"), spans)
+        target = config.get("optim", {}).get("ada_target")
+        if target is not None and config["optim"].get("augment_p") is None:
+            ada_panel.axhline(target, color="grey", ls="--", lw=1)
     curves(fig.add_subplot(grid[1, 1]), "gradient norms (log scale)", xs,
            columns(records, "grad_G", "grad_D"), spans, log=True)
 
-    samples = fig.add_subplot(grid[:, 2])
+    samples = fig.add_subplot(grid[:, 2] if not ada else grid[0, 2])
     path = latest_samples(run)
     samples.set_title(f"samples: {path.name if path else 'none yet'}", fontsize="medium")
     samples.set_axis_off()
@@ -195,6 +204,8 @@ def progress_postfix(r: dict) -> str:
              f"D(x) {r.get('D(x)', nan):.2f}", f"D(G(z)) {r.get('D(G(z))', nan):.2f}"]
     if PAIR in r:
         parts.append(f"{PAIR} {r[PAIR]:.2f}")
+    if "augment_p" in r:
+        parts.append(f"p {r['augment_p']:.3f}")
     if "modes_covered" in r:
         parts.append(f"modes {r['modes_covered']}/{r['modes_total']}")
     if r.get("health"):
@@ -213,6 +224,9 @@ def print_summary(s: dict) -> None:
         f"D(G(z)) {r.get('D(G(z))', float('nan')):.3f}"
         + (f", {PAIR} {r[PAIR]:.3f}" if PAIR in r else ""),
     ]
+    if "augment_p" in r:
+        lines.append(f"  ada: augmentation probability p {r['augment_p']:.3f}, real images "
+                     f"judged real r_t {r.get('r_t', float('nan')):.3f}")
     if r.get("skipped_nonfinite"):
         lines.append(f"  numerics: {r['skipped_nonfinite']} micro-batch(es) dropped on every "
                      "rank for a non-finite loss (see the warnings)")

@@ -382,3 +382,86 @@ def test_state_round_trips_in_place():
     _feed(p, 1.0, 2)
     _feed(restored, 1.0, 2)
     assert float(restored.p) == float(p.p) and float(restored.r_t) == float(p.r_t)
+
+
+def test_rpgan_counts_a_real_image_as_judged_real_above_the_fakes_mean():
+    """Under --loss rpgan only differences of logits mean something: r_t is the share of
+    real logits above the generated batch's mean, whatever the common offset."""
+    p = A.AdaptiveP(0.0, interval=1, kimg=1)
+    real, fake = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.5, 3.5])  # mean 2.5
+    for offset in (0.0, 100.0):
+        assert float(p.accumulate(real + offset, fake + offset)) == 0.0  # 2 above, 2 below
+        p.step()
+        assert float(p.r_t) == 0.0
+    assert float(p.accumulate(real, fake - 10)) == 1.0
+
+
+def test_non_finite_logits_are_left_out_of_r_t():
+    p = A.AdaptiveP(0.0, target=0.6, interval=1, kimg=1)
+    batch_r_t = p.accumulate(torch.tensor([1.0, float("nan"), float("inf"), -1.0, 2.0]))
+    p.step()
+    assert float(batch_r_t) == pytest.approx(1 / 3) == float(p.r_t)
+    assert float(p.p) == 0.0  # 3 images counted, below the target: p stays at 0
+    p.accumulate(torch.full((4,), float("nan")))
+    p.step()  # nothing counted: nothing moves
+    assert float(p.r_t) == pytest.approx(1 / 3) and float(p.p) == 0.0
+
+
+def test_another_world_size_keeps_p_and_restarts_the_count():
+    p = A.AdaptiveP(0.0, interval=4, kimg=0.1)
+    _feed(p, 1.0, 6)
+    restored = A.AdaptiveP(0.0, interval=4, kimg=0.1)
+    restored.load_other_world([p.state_dict(), p.state_dict()])
+    assert float(restored.p) == float(p.p) > 0 and float(restored.r_t) == 1.0
+    assert restored.steps == 0 and not restored.sums.any()
+
+
+# --- in the GAN step ----------------------------------------------------------------------
+
+def _ada_step(augment, loss="bce"):
+    from fastgan import models
+    from fastgan.train import engines
+    from fastgan.train.build import train_gan
+    from fastgan.train.phases import Objective
+
+    torch.manual_seed(0)
+    g_kw, d_kw = models.model_kwargs("dcgan", res=8, z_dim=8, width=4, pack=1, c_dim=0,
+                                     scale=1.0, latent_modes=0)
+    G = models.build_generator("dcgan", g_kw)
+    D = models.build_discriminator("dcgan", d_kw)
+    cpu = Dist(0, 1, 0, torch.device("cpu"))
+    opts = engines.EngineOptions(strategy="none", precision="fp32", micro_batch=8, accum=1,
+                                 grad_clip=0.0)
+    return train_gan(G, D, images=True, opts=opts, dist=cpu, lr_g=1e-3, lr_d=1e-3,
+                     betas=(0.0, 0.99), objective=Objective(loss), augment=augment).step
+
+
+@pytest.mark.parametrize("loss", ["bce", "rpgan"])
+def test_the_gan_step_feeds_d_real_logits_to_p_and_records_p_and_r_t(loss):
+    """--augment ada in the step: D main counts its real logits, p moves every interval
+    by sign(r_t - target) x images / (kimg x 1000), and the records hold the p the
+    augmentations used and the r_t of those steps."""
+    from fastgan.train.augment import Augmentation
+
+    step = _ada_step(Augmentation("ada", target=0.0, interval=2, kimg=0.016), loss)
+    real = _random_images(n=8, h=8, w=8)
+    for i in (1, 2):
+        step(real, torch.randn(8, 8), i)
+    stats = step.take_stats()
+    assert stats["augment_p"] == 0.0  # p moves after the 2nd step's augmentations
+    r_t = float(step.ada.r_t)
+    assert stats["r_t"] == pytest.approx(r_t, abs=1e-6)  # equal batches: mean of means
+    assert r_t != 0.0
+    assert float(step.ada.p) == pytest.approx(max(0.0, math.copysign(1.0, r_t)))  # 16 / 16
+    step(real, torch.randn(8, 8), 3)
+    assert step.take_stats()["augment_p"] == float(step.ada.p)
+
+
+def test_fixed_p_augments_at_that_p_and_diffaug_has_no_controller():
+    from fastgan.train.augment import Augmentation
+
+    fixed = _ada_step(Augmentation("ada", p=0.3))
+    assert not fixed.ada.adaptive and float(fixed.ada.p) == pytest.approx(0.3)
+    assert fixed.aug.p is fixed.ada.p
+    assert _ada_step(Augmentation("diffaug")).ada is None
+    assert _ada_step(Augmentation()).ada is None

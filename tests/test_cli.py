@@ -119,3 +119,26 @@ def test_r3gan_config_file(tmp_path):
     assert r.returncode == 2 and "--loss" in r.stderr and len(r.stderr.splitlines()) == 1
     r = run_cli("train", "--dry-run", "--r2-gamma", "-1", cwd=tmp_path)
     assert r.returncode == 2 and "--r2-gamma" in r.stderr
+
+
+def test_ada_and_subset_options(tmp_path):
+    r = run_cli("train", "--dry-run", "--augment", "ada", "--subset", "512", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads(r.stdout)
+    o = cfg["optim"]
+    assert (o["augment"], o["augment_p"], o["ada_target"], o["ada_interval"],
+            o["ada_kimg"]) == ("ada", None, 0.6, 4, 500.0)
+    assert cfg["data"]["subset"] == 512
+    for args, flag in ((["--augment-p", "0.5"], "--augment-p"),
+                       (["--augment", "ada", "--augment-p", "1.5"], "--augment-p"),
+                       (["--augment", "ada", "--ada-target", "1"], "--ada-target"),
+                       (["--augment", "ada", "--ada-interval", "0"], "--ada-interval"),
+                       (["--augment", "ada", "--ada-kimg", "0"], "--ada-kimg"),
+                       (["--augment", "ada", "--data", "builtin:ring"], "--augment"),
+                       (["--subset", "0"], "--subset"),
+                       (["--subset", "64", "--data", "builtin:ring"], "--subset"),
+                       (["--subset", "64", "--data", str(tmp_path)], "--subset")):
+        r = run_cli("train", "--dry-run", *args, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.startswith(f"fastgan train: error: {flag}:"), (args, r.stderr)
+        assert len(r.stderr.splitlines()) == 1

@@ -39,6 +39,7 @@ from ..config import TrainConfig, apply, int_flag, resolve, total_steps
 from ..data import builtin
 from ..data.points import PointBatches
 from ..errors import UserError
+from ..train.augment import Augmentation
 from ..train.build import build_networks, train_gan
 from ..train.distributed import Dist
 from ..train.ema import EMA
@@ -183,7 +184,7 @@ class Ensemble:
                                  cfg.run.precision, self.device, points=True))
         self.gan = train_gan(self.G, D, images=False, opts=opts, dist=dist, lr_g=o.lr_g,
                              lr_d=o.lr_d, betas=(o.beta1, o.beta2),
-                             objective=Objective.of(o), augment=o.augment,
+                             objective=Objective.of(o), augment=Augmentation.of(o),
                              engine=MemberEngine)
         # the EMA generator, as fastgan train keeps it: what is evaluated
         self.ema = EMA(self.G, o.ema_kimg, o.ema_rampup) if o.ema_kimg > 0 else None

@@ -288,8 +288,10 @@ POINT_METRIC_SAMPLES = 2500  # PacGAN's protocol
 
 # ------------------------------------------------------------------ shard cache
 
-def builtin_shards(name: str, res: int, cache_dir: str) -> str:
-    """Path of the manifest of the embedded image set ``name`` at ``res``, built once.
+def builtin_shards(name: str, res: int, cache_dir: str, count: int = SHAPES_COUNT) -> str:
+    """Path of the manifest of the embedded image set ``name`` at ``res``, built once:
+    its first ``count`` images (all by default; fewer for a limited-data run, each mode
+    an equal share when ``count`` is a multiple of the 16 modes).
 
     Generation is deterministic, so concurrent builders (ranks on one node) produce the
     same bytes and the atomic rename in ``write_shards`` lets exactly one of them win.
@@ -298,13 +300,15 @@ def builtin_shards(name: str, res: int, cache_dir: str) -> str:
 
     if name not in IMAGE_SETS:
         raise ValueError(f"not an embedded image dataset: {name!r}")
-    out = os.path.join(cache_dir, f"{name}-v{SHAPES_VERSION}-r{res}-n{SHAPES_COUNT}")
+    if not 1 <= count <= SHAPES_COUNT:
+        raise ValueError(f"{name} has {SHAPES_COUNT} images, not {count}")
+    out = os.path.join(cache_dir, f"{name}-v{SHAPES_VERSION}-r{res}-n{count}")
     manifest = os.path.join(out, MANIFEST)
     if os.path.exists(manifest):
         return manifest
 
     def samples():
-        for i in range(SHAPES_COUNT):
+        for i in range(count):
             image, mode = shapes_sample(i, res)
             yield f"{name}{i:06d}", encode_png(image), mode
 
@@ -315,4 +319,4 @@ def builtin_shards(name: str, res: int, cache_dir: str) -> str:
     }
     # 8 shards: enough for 2 ranks x 4 workers to each own a share in exact-epoch mode.
     return str(write_shards(samples(), out, image_ext="png",
-                            shard_size=SHAPES_COUNT // 8, info=info))
+                            shard_size=-(-count // 8), info=info))

@@ -62,14 +62,19 @@ def parse_data(spec: str) -> str | None:
     return name
 
 
-def resolve_data(spec: str, res: int, cache_dir: str, *, count: bool = True) -> DataSpec:
-    """Turn ``--data`` into a shard set (building the embedded shards when needed)."""
+def resolve_data(spec: str, res: int, cache_dir: str, *, count: bool = True,
+                 subset: int | None = None) -> DataSpec:
+    """Turn ``--data`` into a shard set (building the embedded shards when needed; of
+    their first ``subset`` images when given)."""
     name = parse_data(spec)
+    if subset is not None and subset > builtin.SHAPES_COUNT:
+        raise UserError(f"--subset: {spec} has {builtin.SHAPES_COUNT} images, not {subset}")
     if name in builtin.POINT_SETS:
         return DataSpec("points", None, builtin=name)
     if name is not None:
         try:
-            manifest = builtin.builtin_shards(name, res, cache_dir)
+            manifest = builtin.builtin_shards(name, res, cache_dir,
+                                              subset or builtin.SHAPES_COUNT)
         except OSError as e:
             raise UserError(f"--cache-dir: cannot write the {spec} shards under {cache_dir}: "
                             f"{e.strerror or e}") from None

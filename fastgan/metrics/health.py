@@ -216,8 +216,8 @@ class HealthMonitor:
             said = (f"{PAIR} {r[PAIR]:.3f}" if PAIR in r else
                     f"D(G(z)) {r['D(G(z))']:.3f}, D(x) {r['D(x)']:.3f}")
             what = f"{said}{g}, largest so far {self.max_grad_g:.3g}"
-            todo = ("try a lower --lr-d, --r1-gamma (or a larger one), --augment diffaug on "
-                    "small data")
+            todo = ("try a lower --lr-d, --r1-gamma (or a larger one), --augment ada (or "
+                    "diffaug) on small data")
         elif warning == "no-equilibrium":
             said = (f"{PAIR} {r[PAIR]:.2f}" if PAIR in r else
                     f"D(x) {r['D(x)']:.2f} vs D(G(z)) {r['D(G(z))']:.2f}")

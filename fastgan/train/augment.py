@@ -9,11 +9,21 @@ new random parameters per sample (as the paper's "color,translation,cutout" poli
 * colour: brightness +-0.5, saturation x[0, 2], contrast x[0.5, 1.5];
 * translation: an integer shift of up to 1/8 of the size, zero-filled;
 * cutout: a zeroed square of half the size at a random place.
+
+``--augment ada`` is StyleGAN2-ADA's pipeline instead (ada.py): more kinds of
+augmentation, each applied with a probability p that adapts to how much D overfits.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
+
+from .ada import AdaptiveP, AugmentPipe
+from .distributed import Dist, all_reduce_sum
 
 
 def _rand(n: int, like: torch.Tensor) -> torch.Tensor:
@@ -63,10 +73,37 @@ def diffaug(x: torch.Tensor) -> torch.Tensor:
     return cutout(translation(colour(x)))
 
 
-def build(policy: str, images: bool):
-    """The augmentation for ``--augment``, or None."""
-    if policy == "none":
-        return None
+@dataclass(frozen=True)
+class Augmentation:
+    """What D sees of the images (``--augment`` and ADA's settings)."""
+    policy: str = "none"  # none, diffaug or ada
+    p: float | None = None  # ada: a fixed probability (None: adapted, starting at 0)
+    target: float = 0.6  # ada: the r_t that p steers toward
+    interval: int = 4  # ada: D steps between adjustments of p
+    kimg: float = 500.0  # ada: thousands of images for p to go from 0 to 1
+
+    @classmethod
+    def of(cls, optim) -> Augmentation:
+        """The augmentation of an ``OptimConfig``."""
+        return cls(optim.augment, optim.augment_p, optim.ada_target, optim.ada_interval,
+                   optim.ada_kimg)
+
+
+def build(spec: Augmentation, images: bool, dist: Dist
+          ) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, AdaptiveP | None]:
+    """The augmentation for ``spec`` (None: D sees the images as they are) and, for ADA,
+    its probability p with the controller that adjusts it (same on every rank: the
+    overfitting measure is summed over ``dist``'s ranks before each adjustment)."""
+    if spec.policy == "none":
+        return None, None
     if not images:
-        raise ValueError("--augment: diffaug works on images, not 2-D points")
-    return diffaug
+        raise ValueError(f"--augment: {spec.policy} works on images, not 2-D points")
+    if spec.policy == "diffaug":
+        return diffaug, None
+    if spec.p is not None:
+        p = AdaptiveP.fixed(spec.p, device=dist.device)
+    else:
+        p = AdaptiveP(0.0, target=spec.target, interval=spec.interval, kimg=spec.kimg,
+                      device=dist.device,
+                      all_reduce_sum=functools.partial(all_reduce_sum, d=dist))
+    return AugmentPipe(p.p), p

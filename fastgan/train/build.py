@@ -11,6 +11,7 @@ from torch import nn
 
 from .. import models
 from . import augment as augmentations
+from .augment import Augmentation
 from .distributed import Dist
 from .engines import Engine, EngineOptions, build
 from .phases import GANStep, Objective
@@ -27,7 +28,7 @@ class GAN:
 
 def build_gan(arch: str, g_kwargs: dict, d_kwargs: dict, *, images: bool, opts: EngineOptions,
               dist: Dist, lr_g: float, lr_d: float, betas: tuple[float, float], seed: int,
-              objective: Objective = Objective(), augment: str = "none") -> GAN:
+              objective: Objective = Objective(), augment: Augmentation = Augmentation()) -> GAN:
     G, D = build_networks(arch, g_kwargs, d_kwargs, seed=seed, device=dist.device)
     # channels_last: the convolutions run faster (oneDNN, cuDNN). Not under DeepSpeed,
     # whose engine broadcasts and flattens parameters as if contiguous (it fails on
@@ -51,7 +52,7 @@ def build_networks(arch: str, g_kwargs: dict, d_kwargs: dict, *, seed: int,
 
 def train_gan(G: nn.Module, D: nn.Module, *, images: bool, opts: EngineOptions, dist: Dist,
               lr_g: float, lr_d: float, betas: tuple[float, float],
-              objective: Objective = Objective(), augment: str = "none",
+              objective: Objective = Objective(), augment: Augmentation = Augmentation(),
               engine: type[Engine] = Engine) -> GAN:
     """G and D's optimizers, engines (of class ``engine``) and training step."""
     # The fused Adam updates all tensors in one kernel: with many small tensors (the
@@ -59,6 +60,7 @@ def train_gan(G: nn.Module, D: nn.Module, *, images: bool, opts: EngineOptions, 
     opt_G = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas, fused=True)
     opt_D = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas, fused=True)
     G_eng, D_eng = build(G, D, opt_G, opt_D, opts, dist, engine)
+    augment_fn, ada = augmentations.build(augment, images, dist)
     step = GANStep(G_eng, D_eng, dist=dist, precision=opts.precision, accum=opts.accum,
-                   objective=objective, augment=augmentations.build(augment, images))
+                   objective=objective, augment=augment_fn, ada=ada)
     return GAN(G, D, G_eng, D_eng, step)

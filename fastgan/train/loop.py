@@ -52,6 +52,7 @@ from ..metrics.records import (
 from ..report import print_summary, progress_postfix
 from . import checkpoint, distributed, engines, resume
 from . import state as state_file
+from .augment import Augmentation
 from .board import Board
 from .build import build_gan
 from .ema import EMA
@@ -147,7 +148,8 @@ def plan_run(cfg: TrainConfig, d: distributed.Dist) -> RunPlan:
                         f"--pack {m.pack}")
     strategy = engines.resolve_strategy(cfg.dist.strategy, d.world)
     dc = cfg.data
-    spec = resolve_data(dc.data, dc.res, dc.cache_dir, count=dc.sampling == "exact"
+    spec = resolve_data(dc.data, dc.res, dc.cache_dir, subset=dc.subset,
+                        count=dc.sampling == "exact"
                         or dc.epoch_images is None)
     precision = resolve_precision(cfg.run.precision, d.device, points=spec.kind == "points")
     c_dim = 0
@@ -183,7 +185,7 @@ class Trainer:
                 deepspeed_config=cfg.dist.deepspeed_config,
                 compile_mode=cfg.run.compile_mode if cfg.run.compile else None),
             lr_g=o.lr_g, lr_d=o.lr_d, betas=(o.beta1, o.beta2), seed=cfg.run.seed,
-            objective=Objective.of(o), augment=o.augment)
+            objective=Objective.of(o), augment=Augmentation.of(o))
         # Other randomness (StyleGAN2's noise inputs, augmentations) differs per rank.
         torch.manual_seed(cfg.run.seed * 1000 + 500 + d.rank)
         self.ema = EMA(self.gan.G, o.ema_kimg, o.ema_rampup) if o.ema_kimg > 0 else None
@@ -203,6 +205,8 @@ class Trainer:
             if piece is not None:
                 self.state.add(name, piece)
         self.state.add("data", self.inputs, per_rank=True)
+        if self.gan.step.ada is not None:  # p, and each rank's count since its last move
+            self.state.add("ada", self.gan.step.ada, per_rank=True)
         self.state.add("rng", RandomGenerators(d.device), per_rank=True)  # last
         # Evaluation: a fixed z for the sample grids (and for the mode metrics).
         grid = GRID_SAMPLES if images else cfg.loop.metric_samples

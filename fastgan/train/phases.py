@@ -40,14 +40,18 @@ from dataclasses import dataclass
 import torch
 
 from .. import kernels
+from .ada import AdaptiveP
 from .distributed import Dist, all_reduce_sum
 from .engines import Engine
 from .precision import autocast
 
 # The statistics of a step, in the order of the records. D(x,G(z)) (rpgan only): the
 # mean sigmoid(D(x) - D(G(z))), how surely D ranks a real image above its paired fake.
+# augment_p and r_t (--augment ada only): ADA's augmentation probability, and the share
+# of real images D judges real as E[sign(D(x))] (StyleGAN2-ADA's overfitting measure;
+# under rpgan E[sign(D(x) - mean D(G(z)))]).
 STAT_NAMES = ("loss_D", "loss_G", "D(x)", "D(G(z))", "D(x,G(z))", "r1", "r2", "grad_G",
-              "grad_D")
+              "grad_D", "augment_p", "r_t")
 LOSSES = ("bce", "rpgan")
 
 
@@ -162,10 +166,13 @@ class Phase:
 class GANStep:
     def __init__(self, G: Engine, D: Engine, *, dist: Dist, precision: str, accum: int = 1,
                  objective: Objective = Objective(),
-                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 ada: AdaptiveP | None = None):
         self.G, self.D = G, D
         # what D sees, real and fake alike: the images, or their augmentations
         self.aug = augment or _unchanged
+        # --augment ada: the augmentation probability p, adjusted from D's real logits
+        self.ada = ada
         self.dist, self.device, self.precision = dist, dist.device, precision
         self.accum = accum
         self.objective = objective
@@ -178,6 +185,7 @@ class GANStep:
         # the last step skipped any: device values, read when the loop logs
         self.nonfinite_skips = torch.zeros((), dtype=torch.float64, device=self.device)
         self.nonfinite = torch.zeros((), device=self.device)
+        self._recorded = torch.zeros((), device=self.device)  # a left_out flag of 0
 
     def autocast(self):
         return autocast(self.precision, self.device)
@@ -228,9 +236,16 @@ class GANStep:
                     fake_logits = _call(D.forward, self.aug(fake), micro.c)
                 loss, stats = self._d_loss(real_logits, fake_logits)
                 D.backward(loss, i)
+            if self.ada is not None:
+                pair = fake_logits if self.objective.loss == "rpgan" else None
+                stats["r_t"] = self.ada.accumulate(real_logits, pair)
             totals.add({"loss_D": loss.detach(), **stats})
         D.step()
         self._record(D, totals.mean(self.accum))
+        if self.ada is not None:
+            # p as this step's augmentations used it, then perhaps its adjustment
+            self.stats.add({"augment_p": self.ada.p}, self._recorded)
+            self.ada.step()
 
     def _d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -65,6 +65,8 @@ class TrainState:
                 piece.load_sharded(ckpt)
         same_world = state["world"] == self.dist.world
         for name, piece in self.per_rank.items():
+            if name not in state:  # new since the checkpoint (--augment ada): afresh
+                continue
             if same_world:
                 piece.load_state_dict(state[name][self.dist.rank])
             elif hasattr(piece, "load_other_world"):
