@@ -56,7 +56,21 @@ def _sample_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", default="grid.png", help="output PNG (default: grid.png)")
     p.add_argument("--seed", default="0", help="seed of the latent vectors (default: 0)")
     p.add_argument("--device", default="cpu", help="device (default: cpu)")
+    _add_truncation(p)
+    p.add_argument("--class", dest="cls", metavar="K", help="conditional runs: every "
+                   "sample of class K, 0 to classes - 1 (default: the classes in turn)")
     return p
+
+
+def _add_truncation(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--truncation", default="1", metavar="PSI",
+                   help="StyleGAN2's truncation trick: w = w_avg + PSI (w - w_avg), toward "
+                   "the generator's tracked mean w; below 1 trades diversity for quality, "
+                   "0 gives the mean image, above 1 extrapolates (default: 1, off)")
+
+
+def truncation_psi(args: argparse.Namespace) -> float:
+    return C.float_flag(args.truncation, "--truncation", 0.0)
 
 
 def _shards_parser(sub) -> argparse.ArgumentParser:
@@ -214,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "sample":
             from .sample_command import write_samples
 
+            cls = None if args.cls is None else C.int_flag(args.cls, "--class")
             path = write_samples(args.ckpt, n=C.int_flag(args.n, "--n", 1), out=args.out,
-                                 seed=C.int_flag(args.seed, "--seed", 0), device=args.device)
+                                 seed=C.int_flag(args.seed, "--seed", 0), device=args.device,
+                                 truncation=truncation_psi(args), cls=cls)
             print(path)
         elif args.command == "shards":
             from .data.make_shards import make_shards, summary_line

@@ -213,6 +213,18 @@ def int_flag(value, flag: str, minimum: int | None = None) -> int:
     return n
 
 
+def float_flag(value, flag: str, minimum: float | None = None) -> float:
+    """A finite number flag (a string or a number, not a bool, NaN or infinity);
+    UserError naming the flag for anything else, or for a number below ``minimum``."""
+    try:
+        x = _convert_other("float", value)
+    except (TypeError, ValueError):
+        raise UserError(f"{flag}: expected a finite number, got {value!r}") from None
+    if minimum is not None and x < minimum:
+        raise UserError(f"{flag}: must be >= {minimum:g}, got {x:g}")
+    return x
+
+
 def convert(f, value):
     """Convert a flag or TOML value to the field's type; UserError names the flag."""
     name = flag_name(f)

@@ -1,17 +1,23 @@
-"""Turning generator outputs into pictures: image grids and 2-D scatter plots.
+"""Turning generator outputs into pictures: image grids and 2-D scatter plots; and what
+is sampled: labels (the class cycle, or one class) and the truncation trick.
 
-Used by the training loop (samples at intervals, from a fixed z) and by
-``fastgan sample``; nothing here knows about training.
+Used by the training loop (samples at intervals, from a fixed z), by ``fastgan sample``
+and by ``fastgan eval``; nothing here knows about training.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+
+from .errors import UserError
+
+log = logging.getLogger("fastgan")
 
 
 @torch.no_grad()
@@ -23,19 +29,68 @@ def class_cycle(n: int, c_dim: int, device=None) -> torch.Tensor | None:
     return torch.nn.functional.one_hot(torch.arange(n, device=device) % c_dim, c_dim).float()
 
 
+def labels(n: int, c_dim: int, device=None, cls: int | None = None) -> torch.Tensor | None:
+    """The labels of n samples of a generator with ``c_dim`` classes: every one of class
+    ``cls`` (``--class``), or without it the class cycle; None for an unconditional G."""
+    if cls is None:
+        return class_cycle(n, c_dim, device)
+    if not c_dim:
+        raise UserError(f"--class {cls}: the generator is unconditional (trained without "
+                        "--cond): it has no classes")
+    if not 0 <= cls < c_dim:
+        raise UserError(f"--class: the generator has {c_dim} classes, 0 to {c_dim - 1}; "
+                        f"got {cls}")
+    return torch.nn.functional.one_hot(torch.full((n,), cls, device=device), c_dim).float()
+
+
+def check_truncation(G: nn.Module, psi: float, arch: str, step: int | None = None) -> None:
+    """Whether ``--truncation psi`` (w = w_avg.lerp(w, psi)) can apply to G: a UserError
+    when G has no tracked mean w (no mapping network: dcgan, mlp) or when that mean was
+    never updated (all zeros: a generator that never ran in training mode), where
+    truncating would pull every sample toward w = 0, not toward the average image. A
+    warning when ``step`` says the mean may still be shrunk toward its zero start (it
+    moves by 1 - w_avg_beta at each training forward of G, at least one a step)."""
+    if psi == 1.0:
+        return
+    mapping = getattr(G, "mapping", None)
+    w_avg = getattr(mapping, "w_avg", None)
+    if w_avg is None:
+        raise UserError(f"--truncation {psi:g}: the {arch} generator has no mapping "
+                        "network, hence no mean w to truncate toward (stylegan2 has one); "
+                        "leave it at 1")
+    if not torch.isfinite(w_avg).all():
+        raise UserError(f"--truncation {psi:g}: the generator's tracked mean w is not finite "
+                        "(a diverged run); leave it at 1")
+    if not w_avg.any():
+        raise UserError(f"--truncation {psi:g}: the generator's tracked mean w is all zeros "
+                        "(never updated: the generator was never trained); leave it at 1")
+    beta = getattr(mapping, "w_avg_beta", None)
+    start = beta ** step if beta is not None and step is not None else 0.0
+    if start > 0.05:
+        log.warning("--truncation %g: the generator is from step %d: its tracked mean w may "
+                    "still be up to %.0f%% its zero start (shrunk toward w = 0)",
+                    psi, step, 100 * start)
+
+
 @torch.no_grad()
 def generate(G: nn.Module, z: torch.Tensor, chunk: int = 512,
-             c: torch.Tensor | None = None) -> torch.Tensor:
+             c: torch.Tensor | None = None, truncation_psi: float = 1.0) -> torch.Tensor:
     """G(z) (or G(z, c)) in eval mode (BatchNorm running statistics), in chunks, as
     float32 on CPU. Random draws inside G (StyleGAN2's noise inputs) come from a fork of
-    the RNG: evaluating never shifts the training's random streams (exact resume)."""
+    the RNG: evaluating never shifts the training's random streams (exact resume).
+    ``truncation_psi`` other than 1: w = w_avg.lerp(w, psi), toward G's tracked mean w
+    (StyleGAN2; see :func:`check_truncation`)."""
+    kw = {} if truncation_psi == 1.0 else {"truncation_psi": truncation_psi}
+
+    def run(i: int) -> torch.Tensor:
+        inputs = [z[i:i + chunk]] if c is None else [z[i:i + chunk], c[i:i + chunk]]
+        return G(*inputs, **kw).float().cpu()
+
     was_training = G.training
     G.eval()
     try:
         with torch.random.fork_rng(devices=[z.device] if z.device.type == "cuda" else []):
-            return torch.cat([(G(z[i:i + chunk]) if c is None
-                               else G(z[i:i + chunk], c[i:i + chunk])).float().cpu()
-                              for i in range(0, len(z), chunk)])
+            return torch.cat([run(i) for i in range(0, len(z), chunk)])
     finally:
         G.train(was_training)
 
