@@ -137,6 +137,7 @@ def _eval_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="where real statistics are cached (default: "
                    "$FASTGAN_CACHE or ~/.cache/fastgan)")
     p.add_argument("--json", help="also write the result to this file")
+    _add_truncation(p)
     return p
 
 
@@ -155,7 +156,7 @@ def eval_options(args: argparse.Namespace):
         batch=C.int_flag(args.batch, "--batch", 1), seed=C.int_flag(args.seed, "--seed", 0),
         device=args.device, workers=C.int_flag(args.workers, "--workers", 0),
         cache_dir=args.cache_dir or C.default_cache_dir(),
-        use_ema=args.generator == "ema", json_path=args.json)
+        use_ema=args.generator == "ema", json_path=args.json, truncation=truncation_psi(args))
 
 
 def _report_parser(sub) -> argparse.ArgumentParser:

@@ -268,3 +268,20 @@ def test_sample_truncation_and_class_errors_are_one_line(stylegan2_checkpoint,
     r = run_cli("sample", young, "--n", "2", "--truncation", "0.5", *out)
     assert r.returncode == 0 and "from step 100" in r.stderr and "61%" in r.stderr, r.stderr
 
+
+def test_eval_truncation_is_applied_and_reported(stylegan2_checkpoint, ring_checkpoint,
+                                                  tmp_path):
+    # KID: FID's two 512 x 512 eigendecompositions would cost seconds on a busy CPU
+    args = ["--features", "randconv", "--metrics", "kid", "--num-gen", "24", "--batch", "8",
+            "--workers", "0", "--device", "cpu", "--cache-dir", tmp_path]
+    r = run_cli("eval", stylegan2_checkpoint, *args, "--truncation", "0.5",
+                "--json", tmp_path / "e.json")
+    half = _result(r)
+    assert half["truncation"] == 0.5 and half["num_real"] == 32
+    assert json.loads((tmp_path / "e.json").read_text()) == half
+    full = _result(run_cli("eval", stylegan2_checkpoint, *args))
+    assert full["truncation"] == 1.0
+    assert full["kid_randconv"] != half["kid_randconv"]  # other samples
+    r = run_cli("eval", ring_checkpoint, "--truncation", "0.5", "--metrics", "fid")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "--truncation 0.5: the mlp generator has no mapping network" in r.stderr

@@ -59,6 +59,7 @@ class EvalOptions:
     cache_dir: str | None = None
     use_ema: bool = True
     json_path: str | None = None
+    truncation: float = 1.0  # psi of StyleGAN2's truncation trick (1: off)
 
 
 def _block_z(seed: int, block: int, n: int, z_dim: int) -> torch.Tensor:
@@ -158,7 +159,7 @@ def generated(G, payload: dict, ext, opts: EvalOptions, d: distributed.Dist,
         size = min(b, n - k * b)
         z = _block_z(opts.seed, k, size, payload["z_dim"]).to(d.device)
         c = sampling.class_cycle(size, c_dim, d.device)
-        out = sampling.generate(G, z, chunk=b, c=c)
+        out = sampling.generate(G, z, chunk=b, c=c, truncation_psi=opts.truncation)
         if points:
             raw = feats = out.numpy()
         else:
@@ -207,6 +208,7 @@ def _evaluate(opts: EvalOptions, d: distributed.Dist) -> dict:
     G = models.build_generator(payload["arch"], payload["kwargs"])
     G.load_state_dict(state)
     G.to(d.device).eval()
+    sampling.check_truncation(G, opts.truncation, payload["arch"], payload.get("step"))
     points = payload["kind"] == "points"
     trained_on = payload["dataset"]  # an embedded name, or the --data the run was given
     data = opts.data = opts.data or (f"builtin:{trained_on}"
@@ -232,6 +234,7 @@ def _evaluate(opts: EvalOptions, d: distributed.Dist) -> dict:
     fake, fake_feats, head = generated(G, payload, ext, opts, d, points, mode_samples)
     result = {"ckpt": str(opts.ckpt), "step": payload.get("step"), "data": data,
               "generator": "ema" if payload.get("ema") and opts.use_ema else "trained",
+              "truncation": opts.truncation,
               "features": "points" if points else (ext and feature_extractors.identity(ext)),
               "num_gen": opts.num_gen, "num_real": real.n if real else None}
     if d.is_main:
