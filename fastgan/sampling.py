@@ -80,17 +80,15 @@ def generate(G: nn.Module, z: torch.Tensor, chunk: int = 512,
     the RNG: evaluating never shifts the training's random streams (exact resume).
     ``truncation_psi`` other than 1: w = w_avg.lerp(w, psi), toward G's tracked mean w
     (StyleGAN2; see :func:`check_truncation`)."""
+    # only a generator with a mapping network takes the truncation argument
     kw = {} if truncation_psi == 1.0 else {"truncation_psi": truncation_psi}
-
-    def run(i: int) -> torch.Tensor:
-        inputs = [z[i:i + chunk]] if c is None else [z[i:i + chunk], c[i:i + chunk]]
-        return G(*inputs, **kw).float().cpu()
-
     was_training = G.training
     G.eval()
     try:
         with torch.random.fork_rng(devices=[z.device] if z.device.type == "cuda" else []):
-            return torch.cat([run(i) for i in range(0, len(z), chunk)])
+            return torch.cat([(G(z[i:i + chunk], **kw) if c is None
+                               else G(z[i:i + chunk], c[i:i + chunk], **kw)).float().cpu()
+                              for i in range(0, len(z), chunk)])
     finally:
         G.train(was_training)
 
