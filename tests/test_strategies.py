@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from procs import load_state
 from ranks import params, run_train
 
 pytestmark = pytest.mark.slow
@@ -54,12 +55,18 @@ def test_two_ranks_train_identically(tmp_path, cache_dir, flags):
     assert ("r2" in recs[-1]) == rpgan and ("D(x,G(z))" in recs[-1]) == rpgan
 
 
+# --augment ada with p moving at every D step (0.1 kimg: by 0.08 a step at batch 8), R2
+ADA_R2 = ["--augment", "ada", "--ada-interval", "1", "--ada-kimg", "0.1", "--r2-gamma", "1"]
+
+
 @pytest.mark.parametrize("strategy", [["--strategy", "ddp"],
-                                      ["--strategy", "deepspeed", "--zero", "1"]],
-                         ids=["ddp", "zero1"])
+                                      ["--strategy", "deepspeed", "--zero", "1"],
+                                      ["--strategy", "ddp", *ADA_R2]],
+                         ids=["ddp", "zero1", "ddp-ada-r2"])
 def test_two_ranks_train_stylegan2_with_r1_and_ema(tmp_path, cache_dir, strategy):
     """StyleGAN2 at 32x32 with lazy R1 (a double backward through D under the wrapper)
-    and the EMA generator: G, D and G_ema bitwise the same on both ranks."""
+    and the EMA generator: G, D and G_ema bitwise the same on both ranks; with ADA and R2
+    too, and ADA's p, moved from 0, the same on both."""
     run = tmp_path / "run"
     out = run_train(["--arch", "stylegan2", "--width", "4", "--z-dim", "16", "--steps", "4",
                      "--r1-interval", "2", "--r1-gamma", "1", "--ckpt-every", "2",
@@ -72,6 +79,12 @@ def test_two_ranks_train_stylegan2_with_r1_and_ema(tmp_path, cache_dir, strategy
         assert any(not torch.equal(p2[k], p4[k]) for k in p2 if k.startswith(net)), net
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert "r1" in recs[-1] and recs[-1]["skipped_nonfinite"] == 0
+    if "--augment" in strategy:
+        assert "r2" in recs[-1] and "augment_p" in recs[-1]
+        ada = load_state(run / "checkpoints" / "step-00000004")["ada"]
+        assert len(ada) == 2 and torch.equal(ada[0]["p"], ada[1]["p"])
+        assert torch.equal(ada[0]["r_t"], ada[1]["r_t"])
+        assert 0 < float(ada[0]["p"]) <= 1
 
 
 @pytest.mark.parametrize("flags", [
