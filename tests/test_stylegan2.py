@@ -148,6 +148,58 @@ def test_truncation_and_w_average():
     assert torch.equal(G.mapping.w_avg, before)  # not updated in eval mode
 
 
+def _tiny_generator(**kw):
+    torch.manual_seed(0)
+    return sg.StyleGAN2Generator(res=8, z_dim=8, w_dim=8, channel_base=64, channel_max=16,
+                                 **kw)
+
+
+def test_mix_styles_takes_the_second_w_from_the_crossover_on():
+    w, w2 = torch.randn(3, 8), torch.randn(3, 8)
+    for cutoff in range(1, 5):
+        ws = sg.mix_styles(w, w2, torch.tensor(cutoff), 4)
+        assert ws.shape == (3, 4, 8)
+        assert all(torch.equal(ws[:, i], w if i < cutoff else w2) for i in range(4))
+    # draws: uniform in [1, num_ws) with the probability, else num_ws (nothing mixed)
+    torch.manual_seed(0)
+    cuts = torch.stack([sg.mixing_cutoff(0.5, 4, torch.device("cpu")) for _ in range(2000)])
+    assert set(cuts.tolist()) == {1, 2, 3, 4}
+    assert (cuts < 4).float().mean().item() == pytest.approx(0.5, abs=0.05)
+    assert torch.bincount(cuts)[1:4].float().div(2000 / 6).sub(1).abs().max() < 0.2
+
+
+def test_style_mixing_in_training_only():
+    """While G trains, ws before the crossover are z's, from it on a second latent's
+    (same labels), and the running mean of w follows z alone; at probability 0 and in
+    eval mode G is untouched (no random number drawn either)."""
+    c = F.one_hot(torch.tensor([0, 1, 2, 0]), 3)
+    G, plain = _tiny_generator(c_dim=3, style_mixing=1.0), _tiny_generator(c_dim=3)
+    z = torch.randn(4, 8)
+    torch.manual_seed(1)
+    ws = G.ws(z, c)
+    torch.manual_seed(1)
+    w, w2 = plain.mapping(z, c, broadcast=False), plain.mapping(torch.randn_like(z), c,
+                                                                broadcast=False)
+    cutoff = torch.randint(1, 4, ()).item()
+    assert ws.shape == (4, 4, 8) and 1 <= cutoff < 4
+    assert torch.equal(ws[:, :cutoff], w.unsqueeze(1).expand(-1, cutoff, -1))
+    assert torch.equal(ws[:, cutoff:], w2.unsqueeze(1).expand(-1, 4 - cutoff, -1))
+    plain.mapping.w_avg.zero_()  # only z's w updates it: one update from 0, as G's
+    plain.mapping(z, c)
+    assert torch.equal(G.mapping.w_avg, plain.mapping.w_avg)
+    # style mixing changes G(z) while training, never in eval mode
+    off = _tiny_generator(c_dim=3, style_mixing=0.0)  # G's weights
+    for train in (True, False):
+        outs = []
+        for net in (G, off):
+            net.train(train)
+            torch.manual_seed(2)
+            outs.append(net(z, c, noise_mode="const"))
+            outs.append(torch.randn(()))  # what the RNG draws next
+        assert torch.equal(outs[0], outs[2]) != train
+        assert torch.equal(outs[1], outs[3]) != train
+
+
 def test_label_conditioning():
     G = sg.StyleGAN2Generator(res=8, z_dim=8, w_dim=8, channel_base=64, channel_max=16, c_dim=3)
     D = sg.StyleGAN2Discriminator(res=8, channel_base=64, channel_max=16, c_dim=3)
@@ -232,3 +284,4 @@ def test_conditional_training_on_labelled_shards(tmp_path, cache_dir):
                if v.is_floating_point())
     r = run_cli("sample", str(run), "--n", "8", "--out", str(tmp_path / "grid.png"))
     assert r.returncode == 0, r.stderr
+

@@ -23,6 +23,10 @@ Choices (plain PyTorch ops everywhere except bias + activation):
   (``x * s``, a convolution shared by the batch, then ``* d``), which is the same
   function as a per-sample modulated weight (tested) but runs as one ordinary
   convolution over the batch.
+* Style mixing (``style_mixing``, a probability; 0: off), only while G trains: with
+  that probability per batch, the layers from a crossover drawn uniformly in
+  [1, num_ws) take their w from a second latent. The crossover and the coin are drawn
+  on the device and applied as a mask over the layers, so no value is read back.
 * Mixed precision as StyleGAN2-ADA: under an fp16 autocast only the ``num_fp16_res``
   highest resolutions run in fp16, with activations clamped to +-``clamp`` (256), and
   the rest in fp32 (fp16's range is too narrow for the low-resolution layers, whose
@@ -287,9 +291,11 @@ class MappingNetwork(nn.Module):
         self.register_buffer("w_avg", torch.zeros(w_dim))
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None,
-                truncation_psi: float = 1.0, broadcast: bool = True) -> torch.Tensor:
+                truncation_psi: float = 1.0, broadcast: bool = True,
+                update_w_avg: bool = True) -> torch.Tensor:
         """w for every synthesis layer: [N, num_ws, w_dim] (a broadcast view), or with
-        ``broadcast`` False the one w they share, [N, w_dim]."""
+        ``broadcast`` False the one w they share, [N, w_dim]. ``update_w_avg`` False:
+        leave the running mean of w alone (style mixing's second latent)."""
         x = normalize_2nd_moment(z.float())
         if self.embed is not None:
             if c is None:
@@ -297,7 +303,7 @@ class MappingNetwork(nn.Module):
             x = torch.cat([x, normalize_2nd_moment(self.embed(c.float()))], dim=1)
         for fc in self.fcs:
             x = fc(x)
-        if self.training:  # the running mean of w, for the truncation trick
+        if self.training and update_w_avg:  # the running mean of w, for truncation
             with torch.no_grad():
                 self.w_avg.copy_(x.detach().float().mean(0).lerp(self.w_avg, self.w_avg_beta))
         if truncation_psi != 1.0:
@@ -353,13 +359,31 @@ class SynthesisNetwork(nn.Module):
         return img
 
 
+def mixing_cutoff(prob: float, num_ws: int, device: torch.device) -> torch.Tensor:
+    """Style mixing's crossover layer for one batch, a device scalar: uniform in
+    [1, num_ws) with probability ``prob``, else num_ws (no layer mixed)."""
+    cutoff = torch.randint(1, num_ws, (), device=device)
+    return torch.where(torch.rand((), device=device) < prob, cutoff, num_ws)
+
+
+def mix_styles(w: torch.Tensor, w2: torch.Tensor, cutoff: torch.Tensor,
+               num_ws: int) -> torch.Tensor:
+    """[N, num_ws, w_dim]: ``w`` ([N, w_dim]) for the layers before ``cutoff``, ``w2``
+    from it on; a mask over the layers, so a device ``cutoff`` is never read."""
+    layer = torch.arange(num_ws, device=w.device).view(1, num_ws, 1)
+    return torch.where(layer >= cutoff, w2.unsqueeze(1), w.unsqueeze(1))
+
+
 class StyleGAN2Generator(nn.Module):
     def __init__(self, res: int = 256, z_dim: int = 512, w_dim: int = 512,
                  channel_base: int = 16384, channel_max: int = 512, mapping_layers: int = 8,
                  c_dim: int = 0, channels: int = 3, clamp: float | None = 256.0,
-                 num_fp16_res: int = 4):
+                 num_fp16_res: int = 4, style_mixing: float = 0.0):
         super().__init__()
         self.z_dim, self.c_dim = z_dim, c_dim
+        # the probability of style mixing per batch while training (0: never); a
+        # training setting, set by whoever trains G, not saved with its weights
+        self.style_mixing = style_mixing
         self.synthesis = SynthesisNetwork(res, w_dim, channel_base, channel_max, channels,
                                           clamp, num_fp16_res)
         self.mapping = MappingNetwork(z_dim, w_dim, self.synthesis.num_ws, mapping_layers,
@@ -367,7 +391,22 @@ class StyleGAN2Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None,
                 truncation_psi: float = 1.0, noise_mode: str = "random") -> torch.Tensor:
-        return self.synthesis(self.mapping(z, c, truncation_psi, broadcast=False), noise_mode)
+        return self.synthesis(self.ws(z, c, truncation_psi), noise_mode)
+
+    def ws(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
+           *, per_layer: bool = False) -> torch.Tensor:
+        """What the synthesis takes: the w of ``z`` for every layer, as one [N, w_dim]
+        (or, with ``per_layer``, [N, num_ws, w_dim]); while training with style mixing,
+        [N, num_ws, w_dim] with the layers from a random crossover on mapped from a
+        second latent, with the same labels (the running mean of w follows ``z`` alone)."""
+        num_ws = self.synthesis.num_ws
+        w = self.mapping(z, c, truncation_psi, broadcast=False)
+        if self.training and self.style_mixing > 0:
+            w2 = self.mapping(torch.randn_like(z), c, truncation_psi, broadcast=False,
+                              update_w_avg=False)
+            return mix_styles(w, w2, mixing_cutoff(self.style_mixing, num_ws, z.device),
+                              num_ws)
+        return w.unsqueeze(1).expand(-1, num_ws, -1) if per_layer else w
 
 
 def minibatch_std(x: torch.Tensor, group_size: int = 4, num_channels: int = 1) -> torch.Tensor:
