@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from fastgan.models.mlp import MLPDiscriminator, MLPGenerator
-from fastgan.train import distributed, engines
+from fastgan.train import distributed, engines, phases
 from fastgan.train.phases import GANStep, MicroBatch, Objective, StepBatch, gradient_penalty
 from fastgan.train.precision import resolve_precision
 from fastgan.train.schedule import lr_scale
@@ -249,3 +249,159 @@ def test_a_window_of_skipped_steps_has_no_gradient_norm():
     assert step.skip_counts() == [8, 0, 0]
     for name, norm in norms.items():
         assert norm > 0 and stats[name] == pytest.approx(norm, rel=1e-6)
+
+
+# ---------------------------------------------------------------- path length (StyleGAN2)
+
+def _stylegan2_step(*, style_mixing=0.0, lr=0.1, dist=CPU, strategy="none", channels=1):
+    """A tiny StyleGAN2 (8x8, one channel) in a GAN step with path length at weight 2,
+    every 4 steps, under SGD."""
+    from fastgan.models import stylegan2 as sg
+
+    torch.manual_seed(0)
+    G = sg.StyleGAN2Generator(res=8, z_dim=8, w_dim=8, channel_base=32, channel_max=8,
+                              channels=channels, style_mixing=style_mixing).to(dist.device)
+    D = sg.StyleGAN2Discriminator(res=8, channel_base=32, channel_max=8, channels=channels)
+    opts = engines.EngineOptions(strategy=strategy, precision="fp32", micro_batch=4, accum=1,
+                                 grad_clip=0.0)
+    G_eng, D_eng = engines.build(G, D.to(dist.device), torch.optim.SGD(G.parameters(), lr=lr),
+                                 torch.optim.SGD(D.parameters(), lr=lr), opts, dist)
+    return GANStep(G_eng, D_eng, dist=dist, precision="fp32",
+                   objective=Objective(pl_weight=2.0, pl_interval=4))
+
+
+def test_path_lengths_match_a_closed_form():
+    """path_lengths: per sample, |J^T y| (J: the image's Jacobian in each layer's w, y a
+    random image / sqrt(H W)) as the root of its squared norm averaged over the layers;
+    here for img = tanh(A ws), whose J^T y is A^T ((1 - img^2) y)."""
+    torch.manual_seed(0)
+    A = torch.randn(2, 8, 8, 3, 4, dtype=torch.float64)  # [C, H, W] <- [layers, w_dim]
+    ws = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    img = torch.tanh(torch.einsum("chwld,nld->nchw", A, ws))
+    torch.manual_seed(3)
+    lengths = phases.path_lengths(img, ws)
+    torch.manual_seed(3)
+    y = torch.randn_like(img) / 8.0  # sqrt(8 * 8)
+    jty = torch.einsum("nchw,chwld->nld", (1 - img.detach().square()) * y, A)
+    expected = jty.square().sum(2).mean(1).sqrt()
+    assert lengths.shape == (5,) and lengths.dtype == torch.float32
+    torch.testing.assert_close(lengths, expected.float())
+    assert lengths.requires_grad  # the graph for G's backward
+
+
+@pytest.fixture
+def one_thread():
+    """Intra-op threads off: a Jacobian and its double backward are thousands of tiny
+    ops, about 1 s on one thread; two threads on cores that other work keeps busy wait
+    for each other at every op (here up to a minute)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("style_mixing", [0.0, 1.0], ids=["plain", "mixing"])
+def test_path_length_step_matches_direct_computation(style_mixing, one_thread):
+    """G reg on half the micro-batch: pl_mean moves 1% of the way to the mean length,
+    and G steps on 2 * 4 * mean((length - pl_mean)^2), pl_mean held constant; here
+    from the full Jacobian of the image in ws (torch.autograd.functional), through the
+    same random draws (style mixing's, the noise inputs', the image-space direction)."""
+    step = _stylegan2_step(style_mixing=style_mixing)
+    assert [(p.name, p.interval) for p in step.phases][-1] == ("G reg", 4)
+    G = step.G.module
+    G0 = copy.deepcopy(G)
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(5)
+    step.g_reg(StepBatch([MicroBatch(None, z)]))
+
+    torch.manual_seed(5)
+    ws = G0.ws(z[:2], per_layer=True)
+    jac = torch.autograd.functional.jacobian(G0.synthesis, ws, create_graph=True,
+                                             vectorize=True)
+    y = torch.randn(2, 1, 8, 8) / 8.0
+    lengths = torch.einsum("nchw,nchwmld->mld", y, jac).square().sum(2).mean(1).sqrt()
+    pl_mean = 0.01 * lengths.mean().detach()
+    penalty = (lengths - pl_mean).square().mean()
+    (penalty * 2.0 * 4).backward()
+    moved = 0
+    for ours, p0 in zip(G.parameters(), G0.parameters()):
+        grad = p0.grad if p0.grad is not None else torch.zeros_like(p0)
+        torch.testing.assert_close(ours, p0 - 0.1 * grad, rtol=1e-4, atol=1e-6)
+        moved += int(grad.abs().sum() > 0)
+    assert moved >= 10  # mapping and synthesis
+    assert step.pl_mean.item() == pytest.approx(pl_mean.item(), rel=1e-5)
+    stats = step.take_stats()
+    assert stats["pl"] == pytest.approx(penalty.item(), rel=1e-4)
+    assert stats["pl_mean"] == pytest.approx(pl_mean.item(), rel=1e-5)
+    assert "grad_G" not in stats  # like D reg: the main phases' norms only
+
+
+def test_pl_mean_update_rule_and_state():
+    """Each G reg moves pl_mean 1% of the way to the batch's mean length; lengths that
+    are not finite leave it, and G, as they were; it goes into the step's state, and a
+    state from before path length restores 0."""
+    step = _stylegan2_step()
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    means = []
+    for seed in (5, 6):
+        G0 = copy.deepcopy(step.G.module)
+        torch.manual_seed(seed)
+        ws = G0.ws(z[:2], per_layer=True)
+        means.append(phases.path_lengths(G0.synthesis(ws), ws).mean().item())
+        torch.manual_seed(seed)
+        step.g_reg(StepBatch([MicroBatch(None, z)]))
+    expected = 0.99 * (0.01 * means[0]) + 0.01 * means[1]
+    assert means[0] != means[1]
+    assert step.pl_mean.item() == pytest.approx(expected, rel=1e-5)
+    assert step.take_stats()["pl_mean"] == pytest.approx((0.01 * means[0] + expected) / 2,
+                                                         rel=1e-5)
+    before = [p.detach().clone() for p in step.G.module.parameters()]
+    bad = z.clone()
+    bad[1, 0] = float("nan")  # in the half that G reg takes
+    step.g_reg(StepBatch([MicroBatch(None, bad)]))
+    assert step.pl_mean.item() == pytest.approx(expected, rel=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(step.G.module.parameters(), before))
+    assert step.G.nonfinite.item() == 1 and "pl" not in step.take_stats()
+    state = step.state_dict()
+    fresh = _stylegan2_step()
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.pl_mean, step.pl_mean)
+    fresh.load_state_dict({"skips": [0, 0, 0]})
+    assert fresh.pl_mean.item() == 0.0
+
+
+def _pl_mean_worker(rank, port, results):
+    from ranks import set_rank_env
+
+    set_rank_env(rank, 2, port)
+    torch.set_num_threads(1)
+    d = distributed.init("cpu")
+    try:
+        step = _stylegan2_step(dist=d, strategy="ddp")
+        G0 = copy.deepcopy(step.G.module)
+        z = torch.randn(4, 8, generator=torch.Generator().manual_seed(10 + rank))
+        torch.manual_seed(rank)
+        ws = G0.ws(z[:2], per_layer=True)
+        local = phases.path_lengths(G0.synthesis(ws), ws).mean().item()
+        torch.manual_seed(rank)
+        step.g_reg(StepBatch([MicroBatch(None, z)]))
+        results[rank] = (local, step.pl_mean.item(),
+                         [p.detach().clone() for p in step.G.module.parameters()])
+    finally:
+        distributed.shutdown()
+
+
+@pytest.mark.slow  # two processes
+def test_pl_mean_is_averaged_over_ranks():
+    """2 gloo ranks under DDP, each on its own latents: both hold the same pl_mean, 1% of
+    the mean of their two mean lengths, and the same G after the step."""
+    import torch.multiprocessing as mp
+
+    from ranks import free_port, spawn
+
+    results = mp.Manager().dict()
+    spawn(_pl_mean_worker, (free_port(), results), 2)
+    (local0, mean0, params0), (local1, mean1, params1) = results[0], results[1]
+    assert local0 != local1
+    assert mean0 == mean1 == pytest.approx(0.01 * (local0 + local1) / 2, rel=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(params0, params1))

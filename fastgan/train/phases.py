@@ -4,12 +4,22 @@
     D reg    every --r1-interval  R1 and R2: penalise the gradient of D on real images
                                  and on generated ones
     G main   every step          G learns to make D say 1 on G(z) (non-saturating loss)
+    G reg    every --pl-interval  path length (StyleGAN2): G's image moves at a steady rate
+                                 as w moves
 
 Two losses (``--loss``). ``bce``, the non-saturating loss: D scores each image alone.
 ``rpgan``, the relativistic pairing loss (R3GAN, Huang et al., 2024): D scores how much
 more real a real image looks than a generated one, softplus(-(D(x) - D(G(z)))) for D
 and the reverse for G, so G's phase also runs D (frozen, without a graph) on the real
 batch. Both go through the fused loss kernels.
+
+Path-length regularisation (StyleGAN2, Karras et al., 2020) penalises how far the
+length of J_w^T y (G's Jacobian at w, against a random image y) strays from its running
+mean, ``pl_mean``: a fixed step in w then changes the image by a fixed amount, which
+makes G smoother and easier to invert. Lazy every --pl-interval steps, on half of each
+micro-batch (StyleGAN2's), on G's plain module (a double backward, as R1 is). pl_mean
+lives on the device, averaged over ranks before each update, so every rank holds the
+same; it is part of the GAN step's state.
 
 R1 (Mescheder et al., 2018) keeps D from growing arbitrarily sharp around the real
 data, the usual road to "D wins, G's gradients vanish, G collapses"; R2 does the same
@@ -34,6 +44,7 @@ step after step while the device works.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,18 +52,22 @@ import torch
 
 from .. import kernels
 from .ada import AdaptiveP
-from .distributed import Dist, all_reduce_sum
+from .distributed import Dist, all_reduce_mean, all_reduce_sum
 from .engines import Engine
 from .precision import autocast
 
 # The statistics of a step, in the order of the records. D(x,G(z)) (rpgan only): the
 # mean sigmoid(D(x) - D(G(z))), how surely D ranks a real image above its paired fake.
+# pl: the path-length penalty; pl_mean: the running mean of the path lengths.
 # augment_p and r_t (--augment ada only): ADA's augmentation probability, and the share
 # of real images D judges real as E[sign(D(x))] (StyleGAN2-ADA's overfitting measure;
 # under rpgan E[sign(D(x) - mean D(G(z)))]).
-STAT_NAMES = ("loss_D", "loss_G", "D(x)", "D(G(z))", "D(x,G(z))", "r1", "r2", "grad_G",
-              "grad_D", "augment_p", "r_t")
+STAT_NAMES = ("loss_D", "loss_G", "D(x)", "D(G(z))", "D(x,G(z))", "r1", "r2", "pl",
+              "pl_mean", "grad_G", "grad_D", "augment_p", "r_t")
 LOSSES = ("bce", "rpgan")
+# StyleGAN2's path length: on 1/PL_BATCH_SHRINK of each micro-batch; the running mean
+# moves PL_DECAY of the way to each batch's mean length
+PL_BATCH_SHRINK, PL_DECAY = 2, 0.01
 
 
 def _call(net, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
@@ -67,13 +82,25 @@ def gradient_penalty(grad: torch.Tensor) -> torch.Tensor:
     return grad.float().square().sum(dim=tuple(range(1, grad.ndim))).mean()
 
 
+def path_lengths(img: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
+    """Per sample, the length of J^T y, with J the Jacobian of the image ``img`` in
+    ``ws`` ([N, num_ws, w_dim]) and y a random image N(0, 1 / (H W)): the root of the
+    squared gradient norms averaged over the layers. With the graph, for G's backward."""
+    noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+    (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+    return grad.float().square().sum(2).mean(1).sqrt()
+
+
 @dataclass(frozen=True)
 class Objective:
-    """What the GAN step optimises: the loss and D's gradient penalties."""
+    """What the GAN step optimises: the loss, D's gradient penalties and G's path
+    length."""
     loss: str = "bce"  # one of LOSSES
     r1_gamma: float = 0.0  # R1's weight: D's gradient at real images (0: off)
     r2_gamma: float = 0.0  # R2's weight: D's gradient at generated images (0: off)
     reg_interval: int = 4  # steps between the (lazy) penalties
+    pl_weight: float = 0.0  # path length's weight (G, StyleGAN2; 0: off)
+    pl_interval: int = 4  # steps between the (lazy) path-length penalties
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -82,7 +109,8 @@ class Objective:
     @classmethod
     def of(cls, optim) -> Objective:
         """The objective of an ``OptimConfig`` (``--loss``, ``--r1-gamma``...)."""
-        return cls(optim.loss, optim.r1_gamma, optim.r2_gamma, optim.r1_interval)
+        return cls(optim.loss, optim.r1_gamma, optim.r2_gamma, optim.r1_interval,
+                   optim.pl_weight, optim.pl_interval)
 
     @property
     def regularised(self) -> bool:
@@ -180,7 +208,11 @@ class GANStep:
         if objective.regularised:
             self.phases.append(Phase("D reg", objective.reg_interval, self.d_reg, D))
         self.phases.append(Phase("G main", 1, self.g_main, G))
+        if objective.pl_weight > 0:
+            self.phases.append(Phase("G reg", objective.pl_interval, self.g_reg, G))
         self.stats = RunningMeans(STAT_NAMES, self.device)
+        # the running mean of the path lengths, the same on every rank (see g_reg)
+        self.pl_mean = torch.zeros((), device=self.device)
         # optimizer steps skipped on every rank for a NaN/Inf, cumulative; and whether
         # the last step skipped any: device values, read when the loop logs
         self.nonfinite_skips = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -311,6 +343,37 @@ class GANStep:
         finally:
             self.D.module.requires_grad_(True)
 
+    def g_reg(self, batch: StepBatch) -> None:
+        """The path-length penalty, (length - pl_mean)^2 averaged over the samples, with
+        pl_mean first moved towards the mean length over every rank's samples (a step
+        whose lengths are not finite leaves it as it was, and is itself skipped). The
+        penalty takes pl_mean as a constant."""
+        G, o = self.G, self.objective
+        totals = MicroBatchSums()
+        for i, micro in enumerate(batch.micro):
+            lengths = self._path_lengths(micro)
+            mean = all_reduce_mean(lengths.detach().mean(), self.dist)
+            self.pl_mean.copy_(torch.where(torch.isfinite(mean),
+                                           self.pl_mean.lerp(mean, PL_DECAY), self.pl_mean))
+            penalty = (lengths - self.pl_mean).square().mean()
+            G.backward(penalty * (o.pl_weight * o.pl_interval), i, wrapped=False)
+            totals.add({"pl": penalty.detach(), "pl_mean": self.pl_mean.clone()})
+        G.step()
+        self._record(G, totals.mean(self.accum), norm=False)
+
+    def _path_lengths(self, micro: MicroBatch) -> torch.Tensor:
+        """path_lengths of G's plain module (a double backward: see d_reg) on the first
+        1/PL_BATCH_SHRINK of the micro-batch's latents and labels, with style mixing as
+        G trains. Under fp16 in float32, as R1 is."""
+        n = max(micro.z.shape[0] // PL_BATCH_SHRINK, 1)
+        c = micro.c[:n] if micro.c is not None else None
+        G = self.G.module
+        precision = "fp32" if self.precision == "fp16" else self.precision
+        with autocast(precision, self.device):
+            ws = G.ws(micro.z[:n], c, per_layer=True)
+            img = G.synthesis(ws)
+        return path_lengths(img.float(), ws)
+
     def _record(self, engine: Engine, values: dict[str, torch.Tensor], *,
                 norm: bool = True) -> None:
         """A phase's statistics (left out when some rank's loss was not finite), and the
@@ -328,12 +391,14 @@ class GANStep:
         return [int(n) for n in counts.tolist()]
 
     def state_dict(self) -> dict:
-        return {"skips": self.skip_counts()}
+        return {"skips": self.skip_counts(), "pl_mean": self.pl_mean.detach().cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
         for total, n in zip((self.nonfinite_skips, self.G.overflow_skips,
                              self.D.overflow_skips), state["skips"]):
             total.fill_(n)
+        # a checkpoint from before path length: none measured yet
+        self.pl_mean.copy_(state.get("pl_mean", torch.zeros(())))
 
     def take_stats(self) -> dict[str, float]:
         """{name: mean over ranks} of the statistics recorded since the last call, then
