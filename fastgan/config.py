@@ -78,6 +78,16 @@ class OptimConfig:
     r2_gamma: float = opt(0.0, "R2 penalty weight on D's gradient at generated data (0: "
                           "off), lazy with R1")
     r1_interval: int = opt(4, "steps between (lazy) R1 and R2 penalties")
+    pl_weight: float = opt(0.0, "path-length regularisation weight (stylegan2): G's image "
+                           "should change by a steady amount per step in w (0: off; "
+                           "default 2 for stylegan2)")
+    pl_interval: int = opt(4, "steps between (lazy) path-length penalties")
+    style_mixing: float = opt(0.0, "style mixing (stylegan2): the probability per batch that "
+                              "G's layers from a random one on take w from a second latent "
+                              "(0: off; default 0.9 for stylegan2)")
+    augment: str = opt("none", "diffaug: D sees real and generated images through random "
+                       "colour, translation and cutout (for small datasets)",
+                       choices=("none", "diffaug"))
     augment: str = opt("none", "what D sees of real and generated images (for small "
                        "datasets): diffaug, random colour, translation and cutout; ada, "
                        "StyleGAN2-ADA's geometric and colour augmentations at a "
@@ -322,10 +332,11 @@ PRESETS: dict[str, dict] = {
 }
 # StyleGAN2's recipe (NVlabs' config F / StyleGAN2-ADA's auto config): Adam 0.0025 with
 # betas (0, 0.99), lazy R1 every 16 steps with gamma 0.0002 * res^2 / batch (filled in
-# by resolve), an EMA generator with a 10 kimg half-life.
+# by resolve), an EMA generator with a 10 kimg half-life, path length with weight 2
+# every 4 steps and style mixing in 90% of the batches.
 ARCH_PRESETS: dict[str, dict] = {
     "stylegan2": dict(lr_g=0.0025, lr_d=0.0025, beta1=0.0, beta2=0.99, r1_interval=16,
-                      r1_gamma=None, ema_kimg=10.0),
+                      r1_gamma=None, ema_kimg=10.0, pl_weight=2.0, style_mixing=0.9),
 }
 # StyleGAN2 on the shapes: gamma 1, as the heuristic (0.003 at 32x32, batch 64) lets D win
 # and G collapse (BENCHMARKS.md, "Why the defaults are what they are").
@@ -431,6 +442,12 @@ def validate(cfg: TrainConfig, points: bool) -> None:
     need(o.r1_gamma >= 0, "--r1-gamma", f"must be >= 0, got {o.r1_gamma}")
     need(o.r2_gamma >= 0, "--r2-gamma", f"must be >= 0, got {o.r2_gamma}")
     need(o.r1_interval >= 1, "--r1-interval", f"must be >= 1, got {o.r1_interval}")
+    need(o.pl_weight >= 0, "--pl-weight", f"must be >= 0, got {o.pl_weight}")
+    need(o.pl_interval >= 1, "--pl-interval", f"must be >= 1, got {o.pl_interval}")
+    need(0 <= o.style_mixing <= 1, "--style-mixing", f"must be in [0, 1], got {o.style_mixing}")
+    for flag, v in (("--pl-weight", o.pl_weight), ("--style-mixing", o.style_mixing)):
+        need(v == 0 or m.arch == "stylegan2", flag, f"needs --arch stylegan2 (the mapping "
+             f"network's w), not {m.arch}; use 0")
     need(o.augment_p is None or o.augment == "ada", "--augment-p",
          f"sets ADA's probability: needs --augment ada, not {o.augment}")
     need(o.augment_p is None or 0 <= o.augment_p <= 1, "--augment-p",

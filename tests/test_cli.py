@@ -94,9 +94,11 @@ def test_stylegan2_recipe_beats_the_dataset_preset(tmp_path):
     assert (o["lr_g"], o["lr_d"], o["beta1"], o["beta2"]) == (0.0025, 0.0025, 0.0, 0.99)
     assert o["r1_interval"] == 8 and o["ema_kimg"] == 10.0
     assert o["r1_gamma"] == 1.0  # tuned for the shapes (config.py says why)
+    assert (o["pl_weight"], o["pl_interval"], o["style_mixing"]) == (2.0, 4, 0.9)
     assert cfg["model"]["z_dim"] == 512
-    r = run_cli("train", "--dry-run", cwd=tmp_path)  # DCGAN: no EMA
-    assert json.loads(r.stdout)["optim"]["ema_kimg"] == 0.0
+    r = run_cli("train", "--dry-run", cwd=tmp_path)  # DCGAN: no EMA, no path length
+    o = json.loads(r.stdout)["optim"]
+    assert o["ema_kimg"] == o["pl_weight"] == o["style_mixing"] == 0.0
     from shardsets import write_uneven_shards
 
     write_uneven_shards(tmp_path / "s", [4])
@@ -104,6 +106,21 @@ def test_stylegan2_recipe_beats_the_dataset_preset(tmp_path):
                     "--res", "64", cwd=tmp_path)  # elsewhere, StyleGAN2-ADA's heuristic
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["optim"]["r1_gamma"] == pytest.approx(0.0002 * 64**2 / 64)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--pl-weight", "2"], "--pl-weight: needs --arch stylegan2"),
+    (["--style-mixing", "0.5"], "--style-mixing: needs --arch stylegan2"),
+    (["--arch", "stylegan2", "--pl-weight", "-1"], "--pl-weight: must be >= 0"),
+    (["--arch", "stylegan2", "--pl-interval", "0"], "--pl-interval: must be >= 1"),
+    (["--arch", "stylegan2", "--style-mixing", "1.5"], "--style-mixing: must be in [0, 1]"),
+], ids=["pl-dcgan", "mixing-dcgan", "pl-negative", "pl-interval-0", "mixing-above-1"])
+def test_path_length_and_style_mixing_flags_are_checked(tmp_path, flags, message):
+    r = run_cli("train", "--dry-run", *flags, cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.splitlines()) == 1
+    # off (0) is fine with any architecture
+    r = run_cli("train", "--dry-run", "--pl-weight", "0", "--style-mixing", "0", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
 
 
 def test_r3gan_config_file(tmp_path):

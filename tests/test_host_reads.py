@@ -28,8 +28,10 @@ COMMON = ["--data", "builtin:shapes", "--batch", "8", "--workers", "1", "--z-dim
           "--metric-samples", "16"]
 # Every arch with both precisions and both --accum, both losses (rpgan with R2 too); fp16
 # with its loss scalers;
-# StyleGAN2 with its EMA generator, DiffAugment and labels (--cond), and with ADA (its p
-# adjusted, all-reduced over the ranks, every 2 steps).
+# StyleGAN2 with its EMA generator, labels (--cond), path length (at step 4), style
+# mixing, and DiffAugment or ADA (its p adjusted, all-reduced over the ranks, every 2
+# steps).
+PL = ["--pl-weight", "2", "--style-mixing", "0.9"]
 RUNS = {
     "dcgan-rpgan-r1-r2-fp32": ["--arch", "dcgan", "--width", "8", "--precision", "fp32",
                                "--loss", "rpgan", "--r2-gamma", "1"],
@@ -37,11 +39,12 @@ RUNS = {
                              "--accum", "2"],
     "dcgan-r1-fp16-accum2": ["--arch", "dcgan", "--width", "8", "--precision", "fp16",
                              "--accum", "2"],
-    "stylegan2-r1-ema-diffaug-cond-fp32-accum2": [
+    "stylegan2-r1-pl-mixing-ema-diffaug-cond-fp32-accum2": [
         "--arch", "stylegan2", "--width", "4", "--augment", "diffaug", "--cond",
-        "--precision", "fp32", "--accum", "2"],
-    "stylegan2-r1-ema-ada-bf16": ["--arch", "stylegan2", "--width", "4", "--augment", "ada",
-                                  "--ada-interval", "2", "--precision", "bf16"],
+        "--precision", "fp32", "--accum", "2", *PL],
+    "stylegan2-r1-pl-mixing-ema-ada-bf16": ["--arch", "stylegan2", "--width", "4",
+                                            "--augment", "ada", "--ada-interval", "2",
+                                            "--precision", "bf16", *PL],
 }
 
 

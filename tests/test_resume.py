@@ -23,10 +23,14 @@ from ranks import run_train
 QUICK = ["--lr-decay", "0", "--metric-samples", "64", "--sample-every", "0", "--no-progress",
          "--deterministic"]
 DCGAN = ["--data", "builtin:shapes", "--batch", "16", "--width", "8", *QUICK]
-# ADA's p moves every 3 D steps: the checkpoint at step 4 holds each rank's count
-STYLEGAN2 = ["--data", "builtin:shapes", "--arch", "stylegan2", "--width", "8", "--z-dim", "32",
+# ADA's p moves every 3 D steps (the checkpoint at step 4 holds a count mid-interval);
+# path length every 2 steps over 2 micro-batches (pl_mean moves twice a G reg) and style
+# mixing: the running mean of the path lengths must come back too
+STYLEGAN2 = ["--data", "builtin:shapes", "--arch", "stylegan2", "--res", "16", "--width", "4",
+             "--z-dim", "16", "--batch", "8", "--accum", "2",
              "--augment", "ada", "--ada-interval", "3", "--ada-kimg", "0.1",
-             "--r1-interval", "2", "--batch", "8", *QUICK]
+             "--r1-interval", "2", "--pl-weight", "2", "--pl-interval", "2",
+             "--style-mixing", "0.9", *QUICK]
 RING = ["--data", "builtin:ring", "--lr-decay", "0", "--no-progress"]
 
 
@@ -44,11 +48,11 @@ def _resumed_equals_straight(tmp_path, launch, args, n):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("args", [[*DCGAN, "--augment", "diffaug"], STYLEGAN2],
-                         ids=["dcgan-diffaug", "stylegan2-ada"])
+                         ids=["dcgan-diffaug", "stylegan2-ada-pl-mixing-accum2"])
 def test_exact_resume_one_process(tmp_path, cache_dir, args):
     """Weights, EMA, both optimizers, schedulers, RNG, latent and loader streams: all
     bitwise equal (DCGAN: DiffAugment; StyleGAN2: noise inputs, ADA's augmentations and
-    p, lazy R1 and EMA)."""
+    p, lazy R1, EMA, path length and its running mean, style mixing)."""
     diff = _resumed_equals_straight(
         tmp_path, lambda a: run_fastgan("train", *a, "--cache-dir", cache_dir), args, 4)
     assert diff == []
@@ -284,6 +288,11 @@ def test_resume_differences():
     assert blocking == ["--latent-modes: now 100, checkpoint 0 (G's latent mixture)"]
     assert resume.differences({"model": {}}, {"model": {"latent_modes": 0}, "optim": {}}, 1, 1,
                               strategy="none") == ([], [])
+    # a StyleGAN2 checkpoint from before path length and style mixing had neither: its
+    # preset now brings both, and a resume says so
+    sg2 = {"optim": {"pl_weight": 2.0, "pl_interval": 4, "style_mixing": 0.9}}
+    assert resume.differences({"optim": {}}, sg2, 1, 1, strategy="none") == ([], [
+        "--pl-weight: now 2.0, checkpoint 0.0", "--style-mixing: now 0.9, checkpoint 0.0"])
 
 
 def test_keep_ckpts_at_least_two(tmp_path):

@@ -64,9 +64,11 @@ ADA_R2 = ["--augment", "ada", "--ada-interval", "1", "--ada-kimg", "0.1", "--r2-
                                       ["--strategy", "ddp", *ADA_R2]],
                          ids=["ddp", "zero1", "ddp-ada-r2"])
 def test_two_ranks_train_stylegan2_with_r1_and_ema(tmp_path, cache_dir, strategy):
-    """StyleGAN2 at 32x32 with lazy R1 (a double backward through D under the wrapper)
-    and the EMA generator: G, D and G_ema bitwise the same on both ranks; with ADA and R2
-    too, and ADA's p, moved from 0, the same on both."""
+    """StyleGAN2 at 32x32 with lazy R1 (a double backward through D under the wrapper),
+    its preset's path length (G's plain module, at step 4) and style mixing (in G's
+    forward through the wrapper), and the EMA generator: G, D and G_ema bitwise the
+    same on both ranks; with ADA and R2 too, and ADA's p, moved from 0, the same on
+    both."""
     run = tmp_path / "run"
     out = run_train(["--arch", "stylegan2", "--width", "4", "--z-dim", "16", "--steps", "4",
                      "--r1-interval", "2", "--r1-gamma", "1", "--ckpt-every", "2",
@@ -78,7 +80,7 @@ def test_two_ranks_train_stylegan2_with_r1_and_ema(tmp_path, cache_dir, strategy
     for net in ("G.", "D.", "G_ema."):
         assert any(not torch.equal(p2[k], p4[k]) for k in p2 if k.startswith(net)), net
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert "r1" in recs[-1] and recs[-1]["skipped_nonfinite"] == 0
+    assert "r1" in recs[-1] and "pl" in recs[-1] and recs[-1]["skipped_nonfinite"] == 0
     if "--augment" in strategy:
         assert "r2" in recs[-1] and "augment_p" in recs[-1]
         ada = load_state(run / "checkpoints" / "step-00000004")["ada"]

@@ -285,3 +285,27 @@ def test_conditional_training_on_labelled_shards(tmp_path, cache_dir):
     r = run_cli("sample", str(run), "--n", "8", "--out", str(tmp_path / "grid.png"))
     assert r.returncode == 0, r.stderr
 
+
+@pytest.mark.slow
+def test_path_length_and_style_mixing_train_end_to_end(tmp_path, cache_dir):
+    """--pl-weight, --pl-interval and --style-mixing through the command line: the
+    records carry the penalty and the running mean of the path lengths, and the
+    checkpoint carries that mean."""
+    import json
+
+    from conftest import run_fastgan
+
+    run = tmp_path / "run"
+    r = run_fastgan("train", "--arch", "stylegan2", "--width", "4", "--z-dim", "16", "--res",
+                    "16", "--batch", "8", "--steps", "4", "--pl-weight", "1", "--pl-interval",
+                    "2", "--style-mixing", "0.5", "--log-every", "2", "--metric-samples", "16",
+                    "--no-progress", "--out", str(run), "--cache-dir", cache_dir)
+    assert r.returncode == 0, r.stderr[-2000:]
+    o = json.loads((run / "config.json").read_text())["optim"]
+    assert (o["pl_weight"], o["pl_interval"], o["style_mixing"]) == (1.0, 2, 0.5)
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in recs] == [2, 4]
+    assert all(x["pl"] > 0 and x["skipped_nonfinite"] == 0 for x in recs)
+    assert 0 < recs[0]["pl_mean"] < recs[1]["pl_mean"]  # 1% of the way up from 0, twice
+    state = torch.load(run / "checkpoints" / "step-00000004" / "state.pt", weights_only=True)
+    assert state["gan_step"]["pl_mean"].item() == pytest.approx(recs[1]["pl_mean"], rel=1e-5)

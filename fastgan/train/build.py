@@ -28,8 +28,11 @@ class GAN:
 
 def build_gan(arch: str, g_kwargs: dict, d_kwargs: dict, *, images: bool, opts: EngineOptions,
               dist: Dist, lr_g: float, lr_d: float, betas: tuple[float, float], seed: int,
-              objective: Objective = Objective(), augment: Augmentation = Augmentation()) -> GAN:
+              objective: Objective = Objective(), augment: Augmentation = Augmentation(),
+              style_mixing: float = 0.0) -> GAN:
     G, D = build_networks(arch, g_kwargs, d_kwargs, seed=seed, device=dist.device)
+    if style_mixing > 0:  # StyleGAN2's G mixes as it trains (config.py checks the arch)
+        G.style_mixing = style_mixing
     # channels_last: the convolutions run faster (oneDNN, cuDNN). Not under DeepSpeed,
     # whose engine broadcasts and flattens parameters as if contiguous (it fails on
     # channels_last weights: "self.stride(-1) must be 1 to view Float as Byte").

@@ -185,7 +185,7 @@ class Trainer:
                 deepspeed_config=cfg.dist.deepspeed_config,
                 compile_mode=cfg.run.compile_mode if cfg.run.compile else None),
             lr_g=o.lr_g, lr_d=o.lr_d, betas=(o.beta1, o.beta2), seed=cfg.run.seed,
-            objective=Objective.of(o), augment=Augmentation.of(o))
+            objective=Objective.of(o), augment=Augmentation.of(o), style_mixing=o.style_mixing)
         # Other randomness (StyleGAN2's noise inputs, augmentations) differs per rank.
         torch.manual_seed(cfg.run.seed * 1000 + 500 + d.rank)
         self.ema = EMA(self.gan.G, o.ema_kimg, o.ema_rampup) if o.ema_kimg > 0 else None

@@ -50,7 +50,8 @@ DEEPSPEED_BLOCKING = {
 ADDED = {("data", "subset"): None, ("model", "latent_modes"): 0, ("optim", "loss"): "bce",
          ("optim", "r2_gamma"): 0.0, ("optim", "augment_p"): None,
          ("optim", "ada_target"): 0.6, ("optim", "ada_interval"): 4,
-         ("optim", "ada_kimg"): 500.0}
+         ("optim", "ada_kimg"): 500.0, ("optim", "pl_weight"): 0.0,
+         ("optim", "pl_interval"): 4, ("optim", "style_mixing"): 0.0}
 # Settings that say where and how long a run goes, not what it is: changing them is
 # what a resume is for, and is not even mentioned.
 QUIET = {("run", "out"), ("run", "resume"), ("run", "resume_force"), ("run", "progress"),
