@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from fastgan.train import augment as A
+from fastgan.train.ada import AugmentPipe
+from fastgan.train.distributed import Dist
 
 
 def test_translation_shifts_whole_images_and_fills_zeros():
@@ -46,7 +48,14 @@ def test_diffaug_is_differentiable():
 
 
 def test_policies():
-    assert A.build("none", True) is None
-    assert A.build("diffaug", True) is A.diffaug
-    with pytest.raises(ValueError, match="images"):
-        A.build("diffaug", False)
+    cpu = Dist(0, 1, 0, torch.device("cpu"))
+    assert A.build(A.Augmentation("none"), True, cpu) == (None, None)
+    assert A.build(A.Augmentation("diffaug"), True, cpu) == (A.diffaug, None)
+    pipe, p = A.build(A.Augmentation("ada", target=0.7, interval=3, kimg=50), True, cpu)
+    assert isinstance(pipe, AugmentPipe) and pipe.p is p.p and float(p.p) == 0.0
+    assert (p.target, p.interval, p.kimg) == (0.7, 3, 50)
+    _, fixed = A.build(A.Augmentation("ada", p=0.25), True, cpu)
+    assert not fixed.adaptive and float(fixed.p) == 0.25
+    for policy in ("diffaug", "ada"):
+        with pytest.raises(ValueError, match="images"):
+            A.build(A.Augmentation(policy), False, cpu)

@@ -139,6 +139,9 @@ def test_r3gan_config_file(tmp_path):
 
 
 def test_ada_and_subset_options(tmp_path):
+    from shardsets import write_uneven_shards
+
+    write_uneven_shards(tmp_path / "s", [4])
     r = run_cli("train", "--dry-run", "--augment", "ada", "--subset", "512", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     cfg = json.loads(r.stdout)
@@ -154,7 +157,7 @@ def test_ada_and_subset_options(tmp_path):
                        (["--augment", "ada", "--data", "builtin:ring"], "--augment"),
                        (["--subset", "0"], "--subset"),
                        (["--subset", "64", "--data", "builtin:ring"], "--subset"),
-                       (["--subset", "64", "--data", str(tmp_path)], "--subset")):
+                       (["--subset", "64", "--data", str(tmp_path / "s")], "--subset")):
         r = run_cli("train", "--dry-run", *args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.startswith(f"fastgan train: error: {flag}:"), (args, r.stderr)
