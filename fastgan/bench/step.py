@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from .. import models
+from ..config import ARCH_PRESETS
 from ..errors import UserError
 from ..train import distributed, engines
 from ..train.build import build_gan
@@ -177,12 +178,22 @@ def device_ms(step, device: torch.device, steps: int = 4) -> float | None:
     return kernel_us / 1e3 / steps
 
 
+def stylegan2_objective(res: int, batch: int) -> Objective:
+    """StyleGAN2's objective as training runs it (config F, the stylegan2 preset): lazy
+    R1 every 16 steps at StyleGAN2-ADA's gamma heuristic and lazy path length; its step
+    includes both, as NVlabs' seconds per kimg do."""
+    recipe = ARCH_PRESETS["stylegan2"]
+    return Objective(r1_gamma=0.0002 * res**2 / batch, reg_interval=recipe["r1_interval"],
+                     pl_weight=recipe["pl_weight"])
+
+
+def style_mixing(arch: str) -> float:
+    """G's style mixing as training runs it (the stylegan2 preset's; 0 elsewhere)."""
+    return ARCH_PRESETS["stylegan2"]["style_mixing"] if arch == "stylegan2" else 0.0
+
+
 def _objective(o: StepBenchOptions) -> Objective:
-    """StyleGAN2 trains with lazy R1 (every 16 steps): its step includes it, as NVlabs'
-    seconds per kimg do."""
-    if o.arch == "stylegan2":
-        return Objective(r1_gamma=0.0002 * o.res**2 / o.batch, reg_interval=16)
-    return Objective()
+    return stylegan2_objective(o.res, o.batch) if o.arch == "stylegan2" else Objective()
 
 
 def run(o: StepBenchOptions) -> dict:
@@ -210,7 +221,8 @@ def _run(o: StepBenchOptions, d: distributed.Dist) -> dict:
         return build_gan(o.arch, g_kw, d_kw, images=images, dist=d, opts=engines.EngineOptions(
             strategy=strategy, precision=precision, micro_batch=per_rank // o.accum,
             accum=o.accum, grad_clip=0.0, zero=o.zero, compile_mode=compile_mode),
-            lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), seed=0, objective=_objective(o))
+            lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), seed=0, objective=_objective(o),
+            style_mixing=style_mixing(o.arch))
 
     gan = build(None)
     shape = (per_rank, 3, o.res, o.res) if images else (per_rank, 2)

@@ -22,8 +22,7 @@ from .. import models
 from ..config import int_flag
 from ..train import distributed, engines
 from ..train.build import build_gan
-from ..train.phases import Objective
-from .step import TrainingStep
+from .step import TrainingStep, style_mixing, stylegan2_objective
 
 Z_DIM = 512
 #: (name, precision, channels_last, cudnn.benchmark, FASTGAN_KERNELS)
@@ -46,12 +45,13 @@ def synchronize(device: torch.device) -> None:
 def make_step(d: distributed.Dist, res: int, batch: int, precision: str,
               channels_last: bool = True) -> TrainingStep:
     """fastgan's StyleGAN2 step on a fixed random real batch, as ``fastgan train`` builds
-    it (NVlabs' configuration at 256: width 64, lazy R1 every 16 steps)."""
+    it (NVlabs' configuration at 256: width 64, lazy R1 every 16 steps, path length
+    every 4, style mixing)."""
     g_kw, d_kw = models.model_kwargs("stylegan2", res=res, z_dim=Z_DIM, width=64)
     gan = build_gan("stylegan2", g_kw, d_kw, images=True, dist=d, opts=engines.EngineOptions(
         strategy="none", precision=precision, micro_batch=batch, accum=1, grad_clip=0.0,
         zero=1), lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), seed=0,
-        objective=Objective(r1_gamma=0.0002 * res**2 / batch, reg_interval=16))
+        objective=stylegan2_objective(res, batch), style_mixing=style_mixing("stylegan2"))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if not channels_last:
         gan.G.to(memory_format=fmt)
