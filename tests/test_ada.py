@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -465,3 +466,75 @@ def test_fixed_p_augments_at_that_p_and_diffaug_has_no_controller():
     assert fixed.aug.p is fixed.ada.p
     assert _ada_step(Augmentation("diffaug")).ada is None
     assert _ada_step(Augmentation()).ada is None
+
+
+# --- the controller against a D that overfits ----------------------------------------------
+
+class DatasetGenerator(torch.nn.Module):
+    """A perfect G for the test below: each sample is an image of the dataset (from a
+    pool that D never sees as real), picked by its latent."""
+
+    def __init__(self, pool: torch.Tensor):
+        super().__init__()
+        self.register_buffer("pool", pool)
+        self.unused = torch.nn.Parameter(torch.zeros(()))  # for G's optimizer
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        pick = (z[:, 0].abs() * 1e6).long() % len(self.pool)
+        return self.pool[pick] + 0 * self.unused
+
+
+def _shapes(first: int, count: int, res: int = 16) -> torch.Tensor:
+    from fastgan.data.builtin import shapes_sample
+
+    images = np.stack([shapes_sample(i, res)[0] for i in range(first, first + count)])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def _p_and_r_t_while_d_learns(real_pool: torch.Tensor, fake_pool: torch.Tensor,
+                              steps: int) -> tuple[list[float], list[float]]:
+    """ADA's p after every 50 steps, and the records' r_t of each 50, as a DCGAN D
+    (res 16, width 16) learns to tell ``real_pool``'s images from ``fake_pool``'s."""
+    from fastgan import models
+    from fastgan.train import engines
+    from fastgan.train.augment import Augmentation
+    from fastgan.train.build import train_gan
+
+    torch.manual_seed(0)
+    D = models.build_discriminator("dcgan", models.model_kwargs(
+        "dcgan", res=16, z_dim=8, width=16)[1])
+    opts = engines.EngineOptions(strategy="none", precision="fp32", micro_batch=32, accum=1,
+                                 grad_clip=0.0)
+    step = train_gan(DatasetGenerator(fake_pool), D, images=True, opts=opts,
+                     dist=Dist(0, 1, 0, torch.device("cpu")), lr_g=1e-3, lr_d=5e-3,
+                     betas=(0.5, 0.99), augment=Augmentation("ada", kimg=1)).step
+    draw = torch.Generator().manual_seed(0)
+    ps, r_ts = [], []
+    for i in range(1, steps + 1):
+        real = real_pool[torch.randint(len(real_pool), (32,), generator=draw)]
+        step(real, torch.randn(32, 8, generator=draw), i)
+        if i % 50 == 0:
+            ps.append(float(step.ada.p))
+            r_ts.append(step.take_stats()["r_t"])
+    return ps, r_ts
+
+
+@pytest.mark.slow
+def test_p_rises_when_d_memorises_256_images_and_stays_at_0_on_a_large_set():
+    """G here makes images of the dataset itself, so D can only tell real from fake by
+    remembering the real ones. On 256 real images it does: r_t (the share of real images
+    it calls real) climbs above the target and p rises. On 2,048 it cannot in the same
+    time: r_t stays low and p at 0. (The real images are the shapes', the fakes 2,048
+    others; under a minute on 2 cores.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same sums in the same order on any machine
+    try:
+        fakes = _shapes(256, 2048)
+        small_p, small_r_t = _p_and_r_t_while_d_learns(_shapes(0, 256), fakes, 400)
+        large_p, large_r_t = _p_and_r_t_while_d_learns(_shapes(4096, 2048), fakes, 400)
+    finally:
+        torch.set_num_threads(threads)
+    assert max(small_p) > 0.1, (small_p, small_r_t)
+    assert max(large_p) == 0.0, (large_p, large_r_t)
+    late = slice(len(small_r_t) // 2, None)
+    assert np.mean(small_r_t[late]) > np.mean(large_r_t[late]) + 0.2, (small_r_t, large_r_t)

@@ -30,15 +30,16 @@ def _assert_ranks_equal(out, step):
     ["--strategy", "ddp", "--precision", "fp16"],  # CPU autocast has fp16, GradScaler too
     ["--strategy", "deepspeed", "--zero", "1", "--precision", "bf16"],
     ["--strategy", "deepspeed", "--zero", "2", "--precision", "fp32"],
-    ["--strategy", "ddp", "--precision", "fp16", "--loss", "rpgan", "--r2-gamma", "1"],
+    ["--strategy", "ddp", "--precision", "fp16", "--loss", "rpgan", "--r2-gamma", "1",
+     "--augment", "ada", "--ada-interval", "1"],
     ["--strategy", "deepspeed", "--zero", "1", "--precision", "bf16", "--loss", "rpgan",
-     "--r2-gamma", "1"],
-], ids=["ddp-fp32", "ddp-bf16", "ddp-fp16", "zero1-bf16", "zero2-fp32", "ddp-fp16-rpgan-r2",
-        "zero1-bf16-rpgan-r2"])
+     "--r2-gamma", "1", "--augment", "ada", "--ada-interval", "1"],
+], ids=["ddp-fp32", "ddp-bf16", "ddp-fp16", "zero1-bf16", "zero2-fp32",
+        "ddp-fp16-rpgan-r2-ada", "zero1-bf16-rpgan-r2-ada"])
 def test_two_ranks_train_identically(tmp_path, cache_dir, flags):
     """DCGAN with BatchNorm and R1 on the shapes shards, 2 ranks: G and D (parameters and
     the synchronised BatchNorm statistics) are bitwise the same on both ranks; under the
-    relativistic loss with R2 too."""
+    relativistic loss with R2 and ADA (fp16 and DeepSpeed) too."""
     run = tmp_path / "run"
     out = run_train(["--steps", "4", "--ckpt-every", "2", "--out", str(run),
                      "--cache-dir", cache_dir, *SHAPES, *flags], 2, tmp_path / "rec")
@@ -53,6 +54,7 @@ def test_two_ranks_train_identically(tmp_path, cache_dir, flags):
     assert "r1" in recs[-1]  # the shapes preset's R1 ran (every 4 steps)
     rpgan = "rpgan" in flags
     assert ("r2" in recs[-1]) == rpgan and ("D(x,G(z))" in recs[-1]) == rpgan
+    assert ("augment_p" in recs[-1]) == ("ada" in flags)
 
 
 # --augment ada with p moving at every D step (0.1 kimg: by 0.08 a step at batch 8), R2
