@@ -222,6 +222,12 @@ class GANStep:
     def autocast(self):
         return autocast(self.precision, self.device)
 
+    def penalty_autocast(self):
+        """The autocast of the double-backward penalties (R1, R2, path length): the
+        step's, except fp32 under fp16, whose range is too narrow for second derivatives
+        (BatchNorm's gave NaN in the first layers' gradients even unscaled)."""
+        return autocast("fp32" if self.precision == "fp16" else self.precision, self.device)
+
     def __call__(self, real: torch.Tensor, z: torch.Tensor, step: int,
                  c: torch.Tensor | None = None) -> None:
         """One training step on this rank's ``real`` images and latents ``z`` (and, for a
@@ -309,10 +315,7 @@ class GANStep:
         any augmentation), with the graph for D's backward. In float32, as the real
         images are: G's output is in the autocast dtype."""
         x = images.detach().float().requires_grad_(True)
-        # Under fp16 the penalties run in fp32: fp16's range is too narrow for the second
-        # derivative of BatchNorm (NaN in the first layers' gradients even unscaled).
-        precision = "fp32" if self.precision == "fp16" else self.precision
-        with autocast(precision, self.device):
+        with self.penalty_autocast():
             logits = _call(self.D.module, self.aug(x), c)
         (grad,) = torch.autograd.grad(logits.float().sum(), x, create_graph=True)
         return gradient_penalty(grad)
@@ -368,8 +371,7 @@ class GANStep:
         n = max(micro.z.shape[0] // PL_BATCH_SHRINK, 1)
         c = micro.c[:n] if micro.c is not None else None
         G = self.G.module
-        precision = "fp32" if self.precision == "fp16" else self.precision
-        with autocast(precision, self.device):
+        with self.penalty_autocast():
             ws = G.ws(micro.z[:n], c, per_layer=True)
             img = G.synthesis(ws)
         return path_lengths(img.float(), ws)
