@@ -7,11 +7,14 @@ import json
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from fastgan import models
 from fastgan.errors import UserError
 from fastgan.models.mlp import MLPDiscriminator, MLPGenerator
 from fastgan.train import checkpoint, distributed, engines
 from fastgan.train import state as train_state
+from fastgan.train.build import build_gan
 from fastgan.train.phases import GANStep
 from ranks import free_port, set_rank_env, spawn
 
@@ -235,6 +238,48 @@ def test_deepspeed_bf16_forward_runs_in_bf16_with_fp32_weights():
         assert all(p.dtype == torch.float32 for p in G.parameters())
         assert all(p.grad is not None and p.grad.dtype == torch.float32
                    for p in D.parameters())
+    finally:
+        distributed.shutdown()
+
+
+class ConvolutionWeights(TorchDispatchMode):
+    """Whether each convolution's weight came in channels_last, in call order."""
+
+    def __init__(self):
+        super().__init__()
+        self.channels_last = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.convolution.default,
+                    torch.ops.aten.convolution_backward.default):
+            weight = args[2] if func is torch.ops.aten.convolution_backward.default else args[1]
+            self.channels_last.append(weight.is_contiguous(memory_format=torch.channels_last))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.slow  # a DeepSpeed engine: the first in a venv builds its shm op (~90 s)
+@pytest.mark.parametrize("strategy", ["none", "deepspeed"])
+def test_convolutions_take_channels_last_weights_under_every_strategy(strategy):
+    """DeepSpeed keeps its weights contiguous (views of its flat buffers); its DCGAN's
+    convolutions still take them channels_last, as fastgan's other strategies store them,
+    and a step trains every weight."""
+    d = distributed.init("cpu", group_of_one=True)
+    try:
+        g_kw, d_kw = models.model_kwargs("dcgan", res=8, z_dim=4, width=4)
+        gan = build_gan("dcgan", g_kw, d_kw, images=True, dist=d, lr_g=1e-3, lr_d=1e-3,
+                        betas=(0.5, 0.999), seed=0, opts=engines.EngineOptions(
+                            strategy=strategy, precision="fp32", micro_batch=4, accum=1,
+                            grad_clip=0.0, zero=1))
+        nets = (gan.step.G.module, gan.step.D.module)
+        weights = [p for net in nets for p in net.parameters() if p.dim() == 4]
+        stored_cl = [w.is_contiguous(memory_format=torch.channels_last) for w in weights]
+        assert all(stored_cl) == (strategy != "deepspeed") and any(stored_cl) == all(stored_cl)
+        before = [w.detach().clone() for w in weights]
+        real = torch.rand(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+        with ConvolutionWeights() as convs:
+            gan.step(real, torch.randn(4, 4), 1)
+        assert len(convs.channels_last) > 10 and all(convs.channels_last)
+        assert all(not torch.equal(w, b) for w, b in zip(weights, before))
     finally:
         distributed.shutdown()
 

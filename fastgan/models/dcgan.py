@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import Conv2dAct
+from .layers import Conv2d, Conv2dAct, ConvTranspose2d
 
 
 def _levels(res: int) -> int:
@@ -31,18 +31,18 @@ class DCGANGenerator(nn.Module):
         steps = _levels(res)
         ch = width * 2 ** (steps - 1)
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(z_dim, ch, 4, 1, 0, bias=False),
+            ConvTranspose2d(z_dim, ch, 4, 1, 0, bias=False),
             nn.BatchNorm2d(ch),
             nn.ReLU(True),
         ]
         for _ in range(steps - 1):
             layers += [
-                nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
+                ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
                 nn.BatchNorm2d(ch // 2),
                 nn.ReLU(True),
             ]
             ch //= 2
-        layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        layers += [ConvTranspose2d(ch, channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         _dcgan_init(self)
 
@@ -60,12 +60,12 @@ class DCGANDiscriminator(nn.Module):
                                              gain=1.0)]
         for _ in range(steps - 1):
             layers += [
-                nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False),
+                Conv2d(ch, ch * 2, 4, 2, 1, bias=False),
                 nn.BatchNorm2d(ch * 2),
                 nn.LeakyReLU(0.2, True),
             ]
             ch *= 2
-        layers += [nn.Conv2d(ch, 1, 4, 1, 0, bias=False)]
+        layers += [Conv2d(ch, 1, 4, 1, 0, bias=False)]
         self.net = nn.Sequential(*layers)
         _dcgan_init(self)
 

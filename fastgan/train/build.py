@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .. import models
+from ..models.layers import copy_weights_channels_last
 from . import augment as augmentations
 from .augment import Augmentation
 from .distributed import Dist
@@ -33,10 +34,14 @@ def build_gan(arch: str, g_kwargs: dict, d_kwargs: dict, *, images: bool, opts: 
     G, D = build_networks(arch, g_kwargs, d_kwargs, seed=seed, device=dist.device)
     if style_mixing > 0:  # StyleGAN2's G mixes as it trains (config.py checks the arch)
         G.style_mixing = style_mixing
-    # channels_last: the convolutions run faster (oneDNN, cuDNN). Not under DeepSpeed,
-    # whose engine broadcasts and flattens parameters as if contiguous (it fails on
-    # channels_last weights: "self.stride(-1) must be 1 to view Float as Byte").
-    if images and opts.strategy != "deepspeed":
+    # channels_last: the convolutions run faster (oneDNN, cuDNN). DeepSpeed's engine
+    # broadcasts and flattens parameters as if contiguous (it fails on channels_last
+    # weights: "self.stride(-1) must be 1 to view Float as Byte"), so there the weights
+    # stay contiguous and each convolution takes a channels_last copy.
+    if images and opts.strategy == "deepspeed":
+        copy_weights_channels_last(G)
+        copy_weights_channels_last(D)
+    elif images:
         G = G.to(memory_format=torch.channels_last)
         D = D.to(memory_format=torch.channels_last)
     return train_gan(G, D, images=images, opts=opts, dist=dist, lr_g=lr_g, lr_d=lr_d,

@@ -318,8 +318,11 @@ def deepspeed_configs(opts: EngineOptions, world: int, *, cpu: bool = False
     zero = {"stage": opts.zero}
     if cpu:
         # gloo has no reduce-scatter: ZeRO then reduces every gradient slice to its owner
-        # with a collective of its own; one all-reduce per bucket is cheaper there
+        # with a collective of its own; one all-reduce per bucket is cheaper there.
+        # Contiguous gradients spare a GPU's memory fragmentation; on a CPU they are
+        # one more copy of every gradient per step.
         zero["reduce_scatter"] = False
+        zero["contiguous_gradients"] = False
     base = {
         "train_micro_batch_size_per_gpu": opts.micro_batch,
         "gradient_accumulation_steps": opts.accum,
