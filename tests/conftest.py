@@ -21,9 +21,9 @@ def _runs_late(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tests first, in their order: under ``-n 2`` (the README's command) the
-    quick ones then fill the workers' last minutes, where a long test at the end would
-    run alone while the other worker idles."""
+    """The slow tests first, in their order: under the README's ``-n 2 --dist
+    worksteal`` the quick ones then fill the workers' last minutes, where a long test at
+    the end would run alone while the other worker idles."""
     items.sort(key=_runs_late)
 
 
