@@ -16,17 +16,6 @@ if not torch.cuda.is_available():
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _runs_late(item: pytest.Item) -> bool:
-    return item.get_closest_marker("slow") is None
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tests first, in their order: under the README's ``-n 2 --dist
-    worksteal`` the quick ones then fill the workers' last minutes, where a long test at
-    the end would run alone while the other worker idles."""
-    items.sort(key=_runs_late)
-
-
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     """One shard cache for the whole session: the embedded datasets are built once."""
