@@ -245,14 +245,17 @@ def test_deepspeed_bf16_forward_runs_in_bf16_with_fp32_weights():
 class ConvolutionWeights(TorchDispatchMode):
     """Whether each convolution's weight came in channels_last, in call order."""
 
+    # the position of the weight among each convolution op's arguments
+    WEIGHT_ARG = {torch.ops.aten.convolution.default: 1,
+                  torch.ops.aten.convolution_backward.default: 2}
+
     def __init__(self):
         super().__init__()
         self.channels_last = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in (torch.ops.aten.convolution.default,
-                    torch.ops.aten.convolution_backward.default):
-            weight = args[2] if func is torch.ops.aten.convolution_backward.default else args[1]
+        if func in self.WEIGHT_ARG:
+            weight = args[self.WEIGHT_ARG[func]]
             self.channels_last.append(weight.is_contiguous(memory_format=torch.channels_last))
         return func(*args, **(kwargs or {}))
 
