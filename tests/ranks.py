@@ -1,5 +1,6 @@
 """Training on several real processes (gloo), started by multiprocessing, and the
-helpers every such test uses: ``free_port`` and ``set_rank_env``.
+helpers every such test uses: ``free_port`` and ``set_rank_env``. Also ``run_command``:
+one ``fastgan`` command in a process of its own, from the same fork server.
 
 ``run_train`` starts ``world`` processes, each running ``fastgan train ARGS`` through the
 real loop, and records every rank's G and D parameters at each checkpoint, so that a
@@ -8,8 +9,11 @@ test can compare ranks bitwise. A NaN can be injected into one rank's loss at on
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 
@@ -19,8 +23,12 @@ import torch.multiprocessing as mp
 # Rank processes start from a fork server that imported torch, DeepSpeed and the
 # training loop once: a spawned interpreter would import them again for every rank
 # (~4 s each here). The server forks before any torch op has run, so no thread pool is
-# copied half-way.
-PRELOAD = ["torch", "deepspeed", "fastgan.train.loop", "fastgan.cli"]
+# copied half-way. Two more imports that every rank pays at its first step otherwise:
+# torch._dynamo, which the first torch optimizer imports (~2.5 s), and DeepSpeed's Muon,
+# which ZeRO's optimizer check imports, bringing torch._inductor (~2.2 s). A module
+# that is not there (another DeepSpeed) is skipped by the server.
+PRELOAD = ["torch", "torch._dynamo", "deepspeed", "deepspeed.runtime.zero.muon.muon_optimizer",
+           "fastgan.train.loop", "fastgan.cli"]
 
 
 def spawn(fn, args: tuple, nprocs: int) -> None:
@@ -28,6 +36,60 @@ def spawn(fn, args: tuple, nprocs: int) -> None:
     raising when one fails."""
     mp.set_forkserver_preload(PRELOAD)
     mp.start_processes(fn, args=args, nprocs=nprocs, start_method="forkserver")
+
+
+def run_command(args: list[str], workdir: Path, timeout: float, cwd: str | None = None
+                ) -> subprocess.CompletedProcess:
+    """``python -m fastgan ARGS`` as a process of its own, forked from the fork server
+    (torch and the training loop already imported: ~6 s less per command here). The
+    process runs the command's own ``cli.main`` with its output in files under
+    ``workdir``, and ends as the interpreter would: its exit code, a traceback and 1 for
+    an uncaught exception, the atexit handlers run. Returns what ``subprocess.run``
+    would (text); a command still running after ``timeout`` seconds is killed and
+    raises ``subprocess.TimeoutExpired``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    out, err = workdir / "stdout", workdir / "stderr"
+    out.touch()
+    err.touch()  # there even if the process dies before it opens them
+    mp.set_forkserver_preload(PRELOAD)
+    proc = mp.get_context("forkserver").Process(
+        target=_command, args=([str(a) for a in args], str(out), str(err), cwd))
+    proc.start()
+    proc.join(timeout)
+    if proc.exitcode is None:
+        proc.kill()
+        proc.join()
+        raise subprocess.TimeoutExpired(["fastgan", *args], timeout)
+    return subprocess.CompletedProcess(["fastgan", *args], proc.exitcode, out.read_text(),
+                                       err.read_text())
+
+
+def _command(args: list[str], out: str, err: str, cwd: str | None) -> None:
+    """The forked process of ``run_command``: ``fastgan ARGS`` with stdout and stderr
+    (the file descriptors, so that its own child processes write there too) in files."""
+    for fd, path in ((1, out), (2, err)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(target, fd)
+        os.close(target)
+    sys.stdout = open(1, "w", closefd=False)               # block-buffered, as to a file
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # line-buffered, as always
+    if cwd is not None:
+        os.chdir(cwd)
+    sys.argv = ["fastgan", *args]
+    from fastgan.cli import main
+
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse's errors; exit codes as the interpreter reads them
+        code = e.code
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    # multiprocessing ends the process with os._exit, which skips these
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
 
 
 def free_port() -> int:
