@@ -3,6 +3,8 @@ import io
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,10 +25,16 @@ def cache_dir(tmp_path_factory):
 
 
 def run_fastgan(*args, env=None, timeout=300, cwd=None):
-    """Run ``python -m fastgan ARGS`` and return the CompletedProcess (text)."""
-    full_env = {**os.environ, **(env or {})}
+    """Run ``python -m fastgan ARGS`` and return the CompletedProcess (text): a process
+    forked from the tests' fork server (``ranks.run_command``); with an ``env`` of its
+    own, a new interpreter, since imports may read the environment."""
+    if env is None:
+        from ranks import run_command
+
+        with tempfile.TemporaryDirectory(prefix="fastgan-command-") as workdir:
+            return run_command(list(args), Path(workdir), timeout, cwd)
     return subprocess.run([sys.executable, "-m", "fastgan", *args], capture_output=True,
-                          text=True, env=full_env, timeout=timeout, cwd=cwd)
+                          text=True, env={**os.environ, **env}, timeout=timeout, cwd=cwd)
 
 
 def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
