@@ -24,15 +24,17 @@ def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("fastgan-cache"))
 
 
-def run_fastgan(*args, env=None, timeout=300, cwd=None):
+def run_fastgan(*args, env=None, timeout=300, cwd=None, ranks=1):
     """Run ``python -m fastgan ARGS`` and return the CompletedProcess (text): a process
-    forked from the tests' fork server (``ranks.run_command``); with an ``env`` of its
-    own, a new interpreter, since imports may read the environment."""
+    forked from the tests' fork server (``ranks.run_command``), or ``ranks`` of them as
+    the ranks of one gloo job; with an ``env`` of its own, a new interpreter, since
+    imports may read the environment."""
     if env is None:
         from ranks import run_command
 
         with tempfile.TemporaryDirectory(prefix="fastgan-command-") as workdir:
-            return run_command(list(args), Path(workdir), timeout, cwd)
+            return run_command(list(args), Path(workdir), timeout, cwd, world=ranks)
+    assert ranks == 1, "several ranks are forked: no env of their own"
     return subprocess.run([sys.executable, "-m", "fastgan", *args], capture_output=True,
                           text=True, env={**os.environ, **env}, timeout=timeout, cwd=cwd)
 

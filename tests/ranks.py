@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -38,41 +39,59 @@ def spawn(fn, args: tuple, nprocs: int) -> None:
     mp.start_processes(fn, args=args, nprocs=nprocs, start_method="forkserver")
 
 
-def run_command(args: list[str], workdir: Path, timeout: float, cwd: str | None = None
-                ) -> subprocess.CompletedProcess:
+def run_command(args: list[str], workdir: Path, timeout: float, cwd: str | None = None,
+                world: int = 1) -> subprocess.CompletedProcess:
     """``python -m fastgan ARGS`` as a process of its own, forked from the fork server
-    (torch and the training loop already imported: ~6 s less per command here). The
-    process runs the command's own ``cli.main`` with its output in files under
-    ``workdir``, and ends as the interpreter would: its exit code, a traceback and 1 for
-    an uncaught exception, the atexit handlers run. Returns what ``subprocess.run``
-    would (text); a command still running after ``timeout`` seconds is killed and
+    (torch and the training loop already imported: ~6 s less per command here); with
+    ``world`` > 1, on that many gloo ranks, each with the rank environment torchrun gives
+    (``set_rank_env``). Each process runs the command's own ``cli.main`` with its output
+    in files under ``workdir``, and ends as the interpreter would: its exit code, a
+    traceback and 1 for an uncaught exception, the atexit handlers run. Returns what
+    ``subprocess.run`` would (text; the ranks' outputs in rank order, the first failing
+    rank's exit code); a command still running after ``timeout`` seconds is killed and
     raises ``subprocess.TimeoutExpired``."""
     workdir.mkdir(parents=True, exist_ok=True)
-    out, err = workdir / "stdout", workdir / "stderr"
-    out.touch()
-    err.touch()  # there even if the process dies before it opens them
+    args = [str(a) for a in args]
+    port = free_port() if world > 1 else None
     mp.set_forkserver_preload(PRELOAD)
-    proc = mp.get_context("forkserver").Process(
-        target=_command, args=([str(a) for a in args], str(out), str(err), cwd))
-    proc.start()
-    proc.join(timeout)
-    if proc.exitcode is None:
-        proc.kill()
-        proc.join()
+    procs, outputs = [], []
+    for rank in range(world):
+        out, err = workdir / f"stdout{rank}", workdir / f"stderr{rank}"
+        out.touch()
+        err.touch()  # there even if the process dies before it opens them
+        proc = mp.get_context("forkserver").Process(
+            target=_command, args=(args, str(out), str(err), cwd, rank, world, port))
+        proc.start()
+        procs.append(proc)
+        outputs.append((out, err))
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+    if any(proc.exitcode is None for proc in procs):
+        for proc in procs:
+            proc.kill()
+            proc.join()
         raise subprocess.TimeoutExpired(["fastgan", *args], timeout)
-    return subprocess.CompletedProcess(["fastgan", *args], proc.exitcode, out.read_text(),
-                                       err.read_text())
+    code = next((proc.exitcode for proc in procs if proc.exitcode), 0)
+    return subprocess.CompletedProcess(["fastgan", *args], code,
+                                       "".join(out.read_text() for out, _ in outputs),
+                                       "".join(err.read_text() for _, err in outputs))
 
 
-def _command(args: list[str], out: str, err: str, cwd: str | None) -> None:
-    """The forked process of ``run_command``: ``fastgan ARGS`` with stdout and stderr
-    (the file descriptors, so that its own child processes write there too) in files."""
+def _command(args: list[str], out: str, err: str, cwd: str | None, rank: int, world: int,
+             port: int | None) -> None:
+    """One forked process of ``run_command``: ``fastgan ARGS`` as rank ``rank`` of
+    ``world``, with stdout and stderr (the file descriptors, so that its own child
+    processes write there too) in files."""
     for fd, path in ((1, out), (2, err)):
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(target, fd)
         os.close(target)
     sys.stdout = open(1, "w", closefd=False)               # block-buffered, as to a file
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # line-buffered, as always
+    if world > 1:
+        set_rank_env(rank, world, port, OMP_NUM_THREADS="1")
+        torch.set_num_threads(1)
     if cwd is not None:
         os.chdir(cwd)
     sys.argv = ["fastgan", *args]
