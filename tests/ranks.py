@@ -48,8 +48,8 @@ def run_command(args: list[str], workdir: Path, timeout: float, cwd: str | None 
     in files under ``workdir``, and ends as the interpreter would: its exit code, a
     traceback and 1 for an uncaught exception, the atexit handlers run. Returns what
     ``subprocess.run`` would (text; the ranks' outputs in rank order, the first failing
-    rank's exit code); a command still running after ``timeout`` seconds is killed and
-    raises ``subprocess.TimeoutExpired``."""
+    rank's exit code: a failing rank ends the others); a command still running after
+    ``timeout`` seconds is killed and raises ``subprocess.TimeoutExpired``."""
     workdir.mkdir(parents=True, exist_ok=True)
     args = [str(a) for a in args]
     port = free_port() if world > 1 else None
@@ -64,18 +64,24 @@ def run_command(args: list[str], workdir: Path, timeout: float, cwd: str | None 
         proc.start()
         procs.append(proc)
         outputs.append((out, err))
+    # as torchrun does: the first rank to fail ends the others (which would otherwise
+    # wait in a collective until the timeout)
     deadline = time.monotonic() + timeout
+    while (any(proc.exitcode is None for proc in procs)
+           and not any(proc.exitcode for proc in procs) and time.monotonic() < deadline):
+        time.sleep(0.05)
+    timed_out = not any(proc.exitcode for proc in procs) and any(
+        proc.exitcode is None for proc in procs)
     for proc in procs:
-        proc.join(max(0.0, deadline - time.monotonic()))
-    if any(proc.exitcode is None for proc in procs):
-        for proc in procs:
+        if proc.exitcode is None:
             proc.kill()
-            proc.join()
-        raise subprocess.TimeoutExpired(["fastgan", *args], timeout)
+        proc.join()
+    stdout = "".join(out.read_text() for out, _ in outputs)
+    stderr = "".join(err.read_text() for _, err in outputs)
+    if timed_out:
+        raise subprocess.TimeoutExpired(["fastgan", *args], timeout, stdout, stderr)
     code = next((proc.exitcode for proc in procs if proc.exitcode), 0)
-    return subprocess.CompletedProcess(["fastgan", *args], code,
-                                       "".join(out.read_text() for out, _ in outputs),
-                                       "".join(err.read_text() for _, err in outputs))
+    return subprocess.CompletedProcess(["fastgan", *args], code, stdout, stderr)
 
 
 def _command(args: list[str], out: str, err: str, cwd: str | None, rank: int, world: int,
