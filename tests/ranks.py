@@ -96,8 +96,7 @@ def _command(args: list[str], out: str, err: str, cwd: str | None, rank: int, wo
     sys.stdout = open(1, "w", closefd=False)               # block-buffered, as to a file
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # line-buffered, as always
     if world > 1:
-        set_rank_env(rank, world, port, OMP_NUM_THREADS="1")
-        torch.set_num_threads(1)
+        set_rank_env(rank, world, port)
     if cwd is not None:
         os.chdir(cwd)
     sys.argv = ["fastgan", *args]
@@ -124,12 +123,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def set_rank_env(rank: int, world: int, port: int, **extra: str) -> None:
+def set_rank_env(rank: int, world: int, port: int) -> None:
     """Make this process ``rank`` of ``world`` in a local gloo group on 127.0.0.1:``port``,
-    as torchrun would: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK (and any
-    ``extra`` variables), for ``distributed.init`` to read."""
+    as torchrun would: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK for
+    ``distributed.init`` to read, and one thread (OMP_NUM_THREADS=1, and torch's own
+    setting, since torch was imported before: the fork server's)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), **extra)
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
 
 
 def _inject_nan(rank: int, nan: dict) -> None:
@@ -170,12 +171,11 @@ def _record_checkpoints(rank: int, out: Path) -> None:
 
 
 def _worker(rank, world, port, args, out, nan, errors):
-    set_rank_env(rank, world, port, OMP_NUM_THREADS="1")
+    set_rank_env(rank, world, port)
     try:
         from fastgan import cli
         from fastgan.train.loop import train
 
-        torch.set_num_threads(1)
         _record_checkpoints(rank, Path(out))
         if nan:
             _inject_nan(rank, nan)

@@ -123,7 +123,6 @@ def _roundtrip_worker(rank, port, tmp, strategy, results):
     set_rank_env(rank, 2, port)
     d = distributed.init("cpu")
     try:
-        torch.set_num_threads(1)
         a = _gan(d, 0, strategy)
         for i in range(1, 4):
             a(*_batch(i, rank), i)
@@ -175,7 +174,6 @@ def _comm_worker(rank, port, results):
     set_rank_env(rank, 2, port)
     d = distributed.init("cpu")
     try:
-        torch.set_num_threads(1)
         torch.manual_seed(0)
         G, D = MLPGenerator(z_dim=4, width=16), MLPDiscriminator(width=16)
         opts = engines.EngineOptions(strategy="ddp", precision="fp32", micro_batch=4,

@@ -74,13 +74,10 @@ def _steady_state_reads(args: list[str], out: str) -> dict:
 
 
 def _worker(rank, world, ports, tmp, cache, results):
-    import torch
-
-    torch.set_num_threads(1)
     strategy = "ddp" if world > 1 else "none"
     out = {}
     for port, (name, flags) in zip(ports, RUNS.items()):
-        set_rank_env(rank, world, port, OMP_NUM_THREADS="1")
+        set_rank_env(rank, world, port)
         out[name] = _steady_state_reads([*COMMON, *flags, "--cache-dir", cache, "--strategy",
                                          strategy], f"{tmp}/{name}")
     results[rank] = out

@@ -374,7 +374,6 @@ def _pl_mean_worker(rank, port, results):
     from ranks import set_rank_env
 
     set_rank_env(rank, 2, port)
-    torch.set_num_threads(1)
     d = distributed.init("cpu")
     try:
         step = _stylegan2_step(dist=d, strategy="ddp")
