@@ -67,11 +67,13 @@ def run_command(args: list[str], workdir: Path, timeout: float, cwd: str | None 
     # as torchrun does: the first rank to fail ends the others (which would otherwise
     # wait in a collective until the timeout)
     deadline = time.monotonic() + timeout
-    while (any(proc.exitcode is None for proc in procs)
-           and not any(proc.exitcode for proc in procs) and time.monotonic() < deadline):
+    timed_out = True
+    while time.monotonic() < deadline:
+        codes = [proc.exitcode for proc in procs]
+        if any(codes) or None not in codes:  # a rank failed, or every rank ended
+            timed_out = False
+            break
         time.sleep(0.05)
-    timed_out = not any(proc.exitcode for proc in procs) and any(
-        proc.exitcode is None for proc in procs)
     for proc in procs:
         if proc.exitcode is None:
             proc.kill()
