@@ -4,7 +4,8 @@
 #   kernels  the kernel tests with Triton compiled for CUDA (not interpreted), the
 #            Triton-path training test, then `fastgan bench kernels`
 #   sync     launch/sync_check.py: steady-state training steps (DCGAN, StyleGAN2; fp32,
-#            bf16, fp16; --accum 2; --compile) under set_sync_debug_mode("error")
+#            bf16, fp16; --accum 2; --compile; DeepSpeed ZeRO-1) under
+#            set_sync_debug_mode("error")
 #   step     `fastgan bench step`: DCGAN 64 (batch 64) per precision with --compile,
 #            StyleGAN2 256 (batch 16, NVlabs' default at 256 on one GPU) in bf16 with
 #            --compile and in fp16, DeepSpeed ZeRO-1 against none (DCGAN 64, batch 64)

@@ -4,8 +4,10 @@
 before the last; from the start of step N + 1 to the start of step 3N + 1 (the training
 step and the loop's work around it) CUDA raises on any synchronising call: a read of a
 device value, a blocking copy. Cases: DCGAN with lazy R1 in fp32, bf16 and fp16 (with
-its loss scalers and --accum 2), StyleGAN2 with R1, EMA, DiffAugment and labels, and
-both again under --compile. One line per case; exit status 1 if any synchronised.
+its loss scalers and --accum 2), StyleGAN2 with R1, EMA, DiffAugment and labels, both
+again under --compile, and DCGAN under DeepSpeed ZeRO-1 (one process; the reads that
+DeepSpeed itself would make are listed in fastgan/train/engines.py). One line per case;
+exit status 1 if any synchronised.
     python launch/sync_check.py [CASE ...]   # on a CUDA machine (gpu_check.sh runs it)
 On a CPU the debug mode does nothing: the script then only checks that every case runs.
 """
@@ -37,6 +39,8 @@ CASES = {
     "stylegan2-fp32-accum2": [*STYLEGAN2, "--precision", "fp32", "--accum", "2"],
     "dcgan-bf16-compile": [*DCGAN, "--precision", "bf16", "--compile"],
     "stylegan2-bf16-compile": [*STYLEGAN2, "--precision", "bf16", "--compile"],
+    "dcgan-bf16-deepspeed-zero1": [*DCGAN, "--precision", "bf16", "--strategy", "deepspeed",
+                                   "--zero", "1"],
 }
 
 

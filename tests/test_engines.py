@@ -47,6 +47,24 @@ def test_deepspeed_configs_per_network(tmp_path):
     assert "torch_autocast" not in engines.deepspeed_configs(_opts(precision="fp32"), 2)["G"]
 
 
+def test_zero_leaves_the_norm_to_fastgan_unless_it_clips_by_it(tmp_path):
+    """DeepSpeed's own gradient norm, read back every step, is turned off under ZeRO 1 and
+    2 unless DeepSpeed clips by it, the optimizer cannot skip a step on the device, or
+    the user's config says otherwise."""
+    def norm_flag(*, skips_on_device=True, **kw):
+        cfgs = engines.deepspeed_configs(_opts(**kw), 2, skips_on_device=skips_on_device)
+        return {net: cfg["zero_optimization"].get("compute_grad_norm") for net, cfg in
+                cfgs.items()}
+
+    assert norm_flag() == norm_flag(zero=2) == {"G": False, "D": False}
+    assert norm_flag(zero=0) == {"G": None, "D": None}
+    assert norm_flag(grad_clip=1.0) == {"G": None, "D": None}
+    assert norm_flag(skips_on_device=False) == {"G": None, "D": None}
+    f = tmp_path / "ds.json"
+    f.write_text(json.dumps({"D": {"zero_optimization": {"compute_grad_norm": True}}}))
+    assert norm_flag(deepspeed_config=str(f)) == {"G": False, "D": True}
+
+
 @pytest.mark.parametrize("content, message", [
     ({"train_batch_size": 64}, "train_batch_size comes from --batch"),
     ({"D": {"optimizer": {"type": "Adam"}}}, "D.optimizer comes from --lr-g"),

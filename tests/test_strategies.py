@@ -119,8 +119,9 @@ def test_two_ranks_match_one_process(tmp_path, flags):
 
 
 @pytest.mark.parametrize("strategy", [["--strategy", "ddp"],
+                                      ["--strategy", "deepspeed", "--zero", "1"],
                                       ["--strategy", "deepspeed", "--zero", "2"]],
-                         ids=["ddp", "zero2"])
+                         ids=["ddp", "zero1", "zero2"])
 @pytest.mark.parametrize("loss", ["d", "g"])
 def test_nan_on_one_rank_skips_the_step_on_both(tmp_path, strategy, loss):
     """A NaN in one rank's D (or G) loss at step 3: both ranks skip that network's step 3

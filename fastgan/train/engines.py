@@ -27,9 +27,11 @@ NaN and Inf: every loss is back-propagated; a step whose gradients (after the
 all-reduce) or any rank's loss is not finite is skipped on every rank, decided on the
 device (:meth:`Engine.step`). Host reads left in a step: none under none and DDP with
 the fused Adam that fastgan builds (an optimizer that is not fused costs one read per
-step: it cannot take the skip flag on the device). Under DeepSpeed, what DeepSpeed
-itself reads: under ZeRO 1 and 2, the gradient norm's validity once per engine step
-(its own NaN/Inf check, which also makes the skip); without ZeRO, none.
+step: it cannot take the skip flag on the device). Under DeepSpeed, none either, but
+for what DeepSpeed itself reads: with ``--grad-clip`` under ZeRO 1 and 2, it clips by a
+gradient norm of its own and reads that norm's validity back twice per engine step (its
+NaN/Inf check, and again before clipping). Without clipping fastgan turns that norm
+off and checks the reduced gradients on the device (:meth:`Engine._check_partition`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import UserError
-from .distributed import Dist, all_reduce_grads, average_in_place, max_over_ranks
+from .distributed import Dist, all_reduce_grads, all_reduce_sum, average_in_place, max_over_ranks
 
 log = logging.getLogger("fastgan")
 
@@ -117,6 +119,13 @@ class Engine:
                                                    **_NO_FORWARD_BUFFER_SYNC)
         elif opts.strategy == "deepspeed":
             self.wrapped = _deepspeed_engine(name, module, optimizer, opts, dist)
+            self._partition_sq: torch.Tensor | None = None  # see _check_partition
+            if self._zero_without_norm:
+                if not _skips_on_device(optimizer):
+                    raise UserError(f"--deepspeed-config: {name}: compute_grad_norm false "
+                                    "leaves a NaN step to the optimizer, and "
+                                    f"{type(optimizer).__name__} cannot skip one")
+                optimizer.register_step_pre_hook(self._check_partition)
         else:
             self.wrapped = module
         # What the phases call: ``forward`` through the wrapper (the network's own
@@ -131,9 +140,7 @@ class Engine:
             # one scaler per network: G's and D's gradients differ in scale by orders of
             # magnitude, and an overflow in one must not shrink the other's scale
             self.scaler = torch.amp.GradScaler(device.type)
-        # Optimizers that take GradScaler's found_inf (the fused ones) skip on the
-        # device; any other needs the flag on the host: one read per step.
-        self._skips_on_device = getattr(optimizer, "_step_supports_amp_scaling", False)
+        self._skips_on_device = _skips_on_device(optimizer)
 
     @property
     def deepspeed(self) -> bool:
@@ -209,12 +216,22 @@ class Engine:
         self.loss_bad = loss_bad
         return skipped
 
+    @property
+    def _zero_without_norm(self) -> bool:
+        """ZeRO 1 or 2 with DeepSpeed's own gradient norm turned off (no clipping)."""
+        return (self.wrapped.zero_optimization_stage() in (1, 2)
+                and not self.wrapped.zero_compute_grad_norm())
+
     def _deepspeed_step(self) -> torch.Tensor:
-        """DeepSpeed's step. Under ZeRO 1 and 2 DeepSpeed itself checks the norm of the
-        reduced gradients for NaN/Inf and skips the step on every rank: that check
-        reads the norm back (``is_invalid_grad_norm``), one read per step that fastgan
-        cannot take away. Without ZeRO (stage 0) the gradients sit in ``.grad`` after
-        the engine's all-reduce, and the fused Adam skips on the device as above."""
+        """DeepSpeed's step, skipped on every rank for a NaN or Inf in the reduced
+        gradients (DeepSpeed's check covers the losses through their gradients).
+
+        Without ZeRO (stage 0) the gradients sit in ``.grad`` after the engine's
+        all-reduce, and the fused Adam skips on the device as above. Under ZeRO 1 and 2
+        each rank holds only its own partition of them: :meth:`_check_partition` checks
+        it, inside ZeRO's step. With clipping, DeepSpeed checks its own norm and skips
+        the step itself, reading the norm's validity back (``is_invalid_grad_norm``, twice
+        per step): reads that fastgan cannot take away."""
         before = self.wrapped.skipped_steps
         if self.wrapped.zero_optimization_stage() == 0:
             params = [p for p in self.module.parameters() if p.grad is not None]
@@ -222,6 +239,12 @@ class Engine:
             self.optimizer.found_inf = (~torch.isfinite(norm)).float()
             self.wrapped.step()
             skipped = self.optimizer.found_inf
+            del self.optimizer.found_inf
+        elif self._zero_without_norm:
+            self._partition_sq = None
+            self.wrapped.step()
+            norm = self._partition_sq.sqrt()
+            skipped = (~torch.isfinite(norm)).float()
             del self.optimizer.found_inf
         else:
             self.wrapped.step()
@@ -232,6 +255,20 @@ class Engine:
         self.grad_norm, self.skipped, self.nonfinite = norm, skipped, skipped
         self.loss_bad = skipped  # DeepSpeed's check covers the losses through their gradients
         return skipped
+
+    def _check_partition(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        """Step pre-hook of the optimizer that ZeRO 1 and 2 step (fastgan's own), run once
+        per parameter group, each holding this rank's partition of the reduced
+        gradients: their squared norm, summed over ranks (one scalar all-reduce, on the
+        device), gives the global norm, and a NaN or Inf anywhere makes it not finite
+        on every rank alike. The fused Adam takes that as ``found_inf`` and skips its
+        update on the device; ZeRO then all-gathers the unchanged partitions."""
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]
+                 if p.grad is not None]
+        sq = nn.utils.get_total_norm(grads, foreach=True).float().square()
+        sq = all_reduce_sum(sq, self.dist)
+        self._partition_sq = sq if self._partition_sq is None else self._partition_sq + sq
+        optimizer.found_inf = (~torch.isfinite(self._partition_sq)).float()
 
     @functools.cached_property
     def _flags(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,6 +323,13 @@ class Engine:
             raise UserError(f"{ckpt_dir}: no DeepSpeed checkpoint of {self.name}")
 
 
+def _skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` takes GradScaler's ``found_inf`` and skips its update on the
+    device (the fused ones do); any other needs the skip flag on the host: one read per
+    step."""
+    return getattr(optimizer, "_step_supports_amp_scaling", False)
+
+
 def resolve_strategy(strategy: str, world: int) -> str:
     if strategy == "auto":
         return "ddp" if world > 1 else "none"
@@ -310,11 +354,12 @@ def sync_buffers(module: nn.Module, dist: Dist) -> None:
 
 # ------------------------------------------------------------------ DeepSpeed
 
-def deepspeed_configs(opts: EngineOptions, world: int, *, cpu: bool = False
-                      ) -> dict[str, dict]:
+def deepspeed_configs(opts: EngineOptions, world: int, *, cpu: bool = False,
+                      skips_on_device: bool = True) -> dict[str, dict]:
     """The config of each network's engine: fastgan's flags, then the user's shared block,
     then the user's block for that network (deep-merged, later wins). ``cpu``: the ranks
-    talk over gloo."""
+    talk over gloo. ``skips_on_device``: the optimizers take GradScaler's ``found_inf``
+    (fastgan's fused Adam does), so that a step can be skipped without DeepSpeed."""
     zero = {"stage": opts.zero}
     if cpu:
         # gloo has no reduce-scatter: ZeRO then reduces every gradient slice to its owner
@@ -353,6 +398,11 @@ def deepspeed_configs(opts: EngineOptions, world: int, *, cpu: bool = False
             raise UserError(f"--deepspeed-config: ZeRO stage {stage} for {net}: only 0, 1 and "
                             "2 are supported (the G phase runs D's plain module, which needs "
                             "its parameters whole)")
+        if stage in (1, 2) and not cfg.get("gradient_clipping") and skips_on_device:
+            # DeepSpeed's own norm reads its validity back to the host every step (its
+            # NaN/Inf check); without clipping it needs no norm, and the engine checks
+            # the reduced gradients on the device instead (Engine._check_partition).
+            cfg["zero_optimization"].setdefault("compute_grad_norm", False)
         out[net] = cfg
     return out
 
@@ -405,7 +455,8 @@ def _deepspeed_engine(name: str, module: nn.Module, optimizer: torch.optim.Optim
     for key, value in (("LOCAL_RANK", dist.local_rank), ("RANK", dist.rank),
                        ("WORLD_SIZE", dist.world)):
         os.environ.setdefault(key, str(value))
-    cfg = deepspeed_configs(opts, dist.world, cpu=dist.device.type == "cpu")[name]
+    cfg = deepspeed_configs(opts, dist.world, cpu=dist.device.type == "cpu",
+                            skips_on_device=_skips_on_device(optimizer))[name]
     try:
         engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=cfg,
                                                dist_init_required=False)
