@@ -259,7 +259,8 @@ def test_deepspeed_bf16_forward_runs_in_bf16_with_fp32_weights():
 
 
 class ConvolutionWeights(TorchDispatchMode):
-    """Whether each convolution's weight came in channels_last, in call order."""
+    """Whether each convolution's weight came in channels_last, in call order, and the
+    storage of each forward convolution's weight."""
 
     # the position of the weight among each convolution op's arguments
     WEIGHT_ARG = {torch.ops.aten.convolution.default: 1,
@@ -267,12 +268,14 @@ class ConvolutionWeights(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.channels_last = []
+        self.channels_last, self.forward_storages = [], []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in self.WEIGHT_ARG:
             weight = args[self.WEIGHT_ARG[func]]
             self.channels_last.append(weight.is_contiguous(memory_format=torch.channels_last))
+            if func == torch.ops.aten.convolution.default:
+                self.forward_storages.append(weight.untyped_storage().data_ptr())
         return func(*args, **(kwargs or {}))
 
 
@@ -281,7 +284,7 @@ class ConvolutionWeights(TorchDispatchMode):
 def test_convolutions_take_channels_last_weights_under_every_strategy(strategy):
     """DeepSpeed keeps its weights contiguous (views of its flat buffers); its DCGAN's
     convolutions still take them channels_last, as fastgan's other strategies store them,
-    and a step trains every weight."""
+    as views of the stored weights (no copy per call), and a step trains every weight."""
     d = distributed.init("cpu", group_of_one=True)
     try:
         g_kw, d_kw = models.model_kwargs("dcgan", res=8, z_dim=4, width=4)
@@ -298,6 +301,8 @@ def test_convolutions_take_channels_last_weights_under_every_strategy(strategy):
         with ConvolutionWeights() as convs:
             gan.step(real, torch.randn(4, 4), 1)
         assert len(convs.channels_last) > 10 and all(convs.channels_last)
+        stored = {w.untyped_storage().data_ptr() for w in weights}
+        assert convs.forward_storages and set(convs.forward_storages) <= stored
         assert all(not torch.equal(w, b) for w, b in zip(weights, before))
     finally:
         distributed.shutdown()

@@ -39,6 +39,40 @@ def test_dcgan_follows_the_paper():
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules()) == 3
 
 
+def test_permuted_weights_keep_torch_state_dicts_and_outputs():
+    """DCGAN with its convolution weights stored permuted (as under DeepSpeed): the same
+    outputs and gradients, state dicts in torch's shapes, loading either way round."""
+    from fastgan.models.layers import store_weights_permuted
+
+    gk, dk = models.model_kwargs("dcgan", res=16, z_dim=10, width=8)
+    torch.manual_seed(0)
+    plain = models.build_discriminator("dcgan", dk).eval()
+    permuted = models.build_discriminator("dcgan", dk).eval()
+    permuted.load_state_dict(plain.state_dict())
+    store_weights_permuted(permuted)
+    stored = {n: p.shape for n, p in permuted.named_parameters() if p.dim() == 4}
+    assert stored and all(s != plain.get_parameter(n).shape for n, s in stored.items())
+    x = torch.randn(3, 3, 16, 16)
+    out_plain, out_permuted = plain(x), permuted(x)
+    torch.testing.assert_close(out_permuted, out_plain)
+    out_plain.sum().backward()
+    out_permuted.sum().backward()
+    for name in stored:
+        torch.testing.assert_close(permuted.get_parameter(name).grad.permute(0, 3, 1, 2),
+                                   plain.get_parameter(name).grad)
+    sd = permuted.state_dict()
+    assert {k: v.shape for k, v in sd.items()} == {
+        k: v.shape for k, v in plain.state_dict().items()}
+    assert all(torch.equal(sd[k], v) for k, v in plain.state_dict().items())
+    other = models.build_discriminator("dcgan", dk).eval()  # other initial weights
+    other.load_state_dict(sd)
+    torch.testing.assert_close(other(x), out_plain)
+    again = models.build_discriminator("dcgan", dk).eval()
+    store_weights_permuted(again)
+    again.load_state_dict(plain.state_dict())
+    assert all(torch.equal(p, q) for p, q in zip(again.parameters(), permuted.parameters()))
+
+
 def test_mlp_packing():
     gk, dk = models.model_kwargs("mlp", res=None, z_dim=2, width=16, pack=4)
     G, D = models.build_generator("mlp", gk), models.build_discriminator("mlp", dk)

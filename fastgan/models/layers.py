@@ -28,25 +28,47 @@ class LinearAct(nn.Linear):
 
 
 class ChannelsLastWeight:
-    """For convolutions: with ``weight_copy_channels_last`` set, the weight enters every
-    call as a channels_last copy. build.py sets it under DeepSpeed, whose weights stay
-    contiguous (views of its flat buffers): copying a weight each call costs less than a
-    convolution on contiguous weights (BENCHMARKS.md). Elsewhere the weights are stored
-    channels_last and enter as they are."""
+    """For convolutions: the weight enters every call channels_last. Under none and DDP
+    the weights are stored channels_last (``module.to(memory_format=...)``) and enter as
+    they are. DeepSpeed keeps every parameter a contiguous view of its flat buffers (its
+    broadcast fails on channels_last ones), so there :func:`store_weights_permuted`
+    stores each weight contiguous in the shape (dim 0, kh, kw, dim 1): the memory order
+    of channels_last, entering every call as a channels_last view of it, with no copy (a
+    copy per call cost DeepSpeed 3% of a DCGAN step; BENCHMARKS.md). State dicts keep
+    torch's shape: hooks permute the weight on the way out and in."""
 
-    weight_copy_channels_last = False
+    weight_permuted = False
 
     def conv_weight(self) -> torch.Tensor:
-        if self.weight_copy_channels_last:
-            return self.weight.contiguous(memory_format=torch.channels_last)
+        if self.weight_permuted:
+            return self.weight.permute(0, 3, 1, 2)
         return self.weight
 
 
-def copy_weights_channels_last(module: nn.Module) -> None:
-    """Make every convolution of ``module`` take its weight as a channels_last copy."""
+def store_weights_permuted(module: nn.Module) -> None:
+    """Store every convolution weight of ``module`` permuted (see ChannelsLastWeight)."""
     for m in module.modules():
-        if isinstance(m, ChannelsLastWeight):
-            m.weight_copy_channels_last = True
+        if isinstance(m, ChannelsLastWeight) and not m.weight_permuted:
+            m.weight = nn.Parameter(m.weight.detach().permute(0, 2, 3, 1).contiguous(),
+                                    requires_grad=m.weight.requires_grad)
+            m.weight_permuted = True
+            m.register_state_dict_post_hook(_weight_in_torch_shape)
+            m.register_load_state_dict_pre_hook(_weight_in_stored_shape)
+
+
+def _weight_in_torch_shape(module: nn.Module, state_dict: dict, prefix: str,
+                           local_metadata: dict) -> None:
+    key = prefix + "weight"
+    if key in state_dict:
+        state_dict[key] = state_dict[key].permute(0, 3, 1, 2)
+
+
+def _weight_in_stored_shape(module: nn.Module, state_dict: dict, prefix: str,
+                            local_metadata: dict, strict: bool, missing_keys: list,
+                            unexpected_keys: list, error_msgs: list) -> None:
+    key = prefix + "weight"
+    if key in state_dict and state_dict[key].dim() == 4:
+        state_dict[key] = state_dict[key].permute(0, 2, 3, 1)
 
 
 class Conv2d(ChannelsLastWeight, nn.Conv2d):

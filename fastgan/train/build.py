@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import models
-from ..models.layers import copy_weights_channels_last
+from ..models.layers import store_weights_permuted
 from . import augment as augmentations
 from .augment import Augmentation
 from .distributed import Dist
@@ -37,10 +37,10 @@ def build_gan(arch: str, g_kwargs: dict, d_kwargs: dict, *, images: bool, opts: 
     # channels_last: the convolutions run faster (oneDNN, cuDNN). DeepSpeed's engine
     # broadcasts and flattens parameters as if contiguous (it fails on channels_last
     # weights: "self.stride(-1) must be 1 to view Float as Byte"), so there the weights
-    # stay contiguous and each convolution takes a channels_last copy.
+    # are stored contiguous in channels_last's memory order (models.layers).
     if images and opts.strategy == "deepspeed":
-        copy_weights_channels_last(G)
-        copy_weights_channels_last(D)
+        store_weights_permuted(G)
+        store_weights_permuted(D)
     elif images:
         G = G.to(memory_format=torch.channels_last)
         D = D.to(memory_format=torch.channels_last)
