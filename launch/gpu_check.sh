@@ -65,11 +65,10 @@ step)
         run "step_dcgan64_$p" 150 python -m fastgan bench step --arch dcgan --res 64 \
             --batch 64 --precision $p --seconds 12 --compile --json "$LOGS/step_dcgan64_$p.json"
     done
-    for s in none deepspeed; do
-        run "step_dcgan64_bf16_$s" 90 python -m fastgan bench step --arch dcgan --res 64 \
-            --batch 64 --precision bf16 --seconds 8 --no-baseline --strategy $s --zero 1 \
-            --json "$LOGS/step_dcgan64_bf16_$s.json"
-    done
+    # DeepSpeed ZeRO-1 against no wrapper, in the same turns (versus_ratio)
+    run step_dcgan64_bf16_deepspeed 120 python -m fastgan bench step --arch dcgan --res 64 \
+        --batch 64 --precision bf16 --seconds 16 --no-baseline --strategy deepspeed --zero 1 \
+        --versus none --json "$LOGS/step_dcgan64_bf16_deepspeed.json"
     run step_dcgan64_bf16_b512 90 python -m fastgan bench step --arch dcgan --res 64 \
         --batch 512 --precision bf16 --seconds 12 --json "$LOGS/step_dcgan64_bf16_b512.json"
     run step_sg2_256_bf16 240 python -m fastgan bench step --arch stylegan2 --res 256 \

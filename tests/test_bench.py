@@ -163,7 +163,8 @@ def test_bench_step_compiled_row(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "deepspeed"])
 def test_bench_step_on_two_ranks(tmp_path, strategy):
-    """Under torchrun every rank steps in lockstep while rank 0 alone runs the baseline."""
+    """Under torchrun every rank steps in lockstep while rank 0 alone runs the baseline;
+    DeepSpeed's step is also measured against DDP's, in the same turns."""
     import os
     import subprocess
     import sys
@@ -172,7 +173,8 @@ def test_bench_step_on_two_ranks(tmp_path, strategy):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                         "--nproc-per-node", "2", "-m", "fastgan", "bench", "step", "--arch",
                         "mlp", "--batch", "32", "--width", "32", "--seconds", "1",
-                        "--strategy", strategy, "--json", str(out)],
+                        "--strategy", strategy, "--json", str(out),
+                        *(["--versus", "ddp"] if strategy == "deepspeed" else [])],
                        capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
@@ -180,6 +182,22 @@ def test_bench_step_on_two_ranks(tmp_path, strategy):
     assert result["world"] == 2 and result["strategy"] == strategy
     assert result["img_s"] > 0 and result["baseline_img_s"] > 0
     assert r.stdout.count("fastgan bench step:") == 1  # rank 0 alone prints
+    if strategy == "deepspeed":
+        assert result["versus_strategy"] == "ddp" and result["versus_img_s"] > 0
+        assert result["versus_ratio"] == pytest.approx(result["img_s"] / result["versus_img_s"])
+        assert "fastgan (ddp, fp32)" in r.stdout and "x of fastgan (ddp)" in r.stdout
+    else:
+        assert result["versus_strategy"] is None and "versus_ratio" not in result
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--versus", "fsdp"], "--versus: 'fsdp' is not one of none, ddp, deepspeed"),
+    (["--versus", "none"], "--versus: none is the step's own strategy; name another"),
+])
+def test_bench_step_names_a_bad_versus(flags, message):
+    r = run_cli("bench", "step", "--arch", "mlp", "--seconds", "0.1", *flags)
+    assert r.returncode == 2 and message in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_stylegan2_profile_names_a_bad_flag():

@@ -21,6 +21,11 @@ workers share the cores with the step, which is what these rows capture. FLOPs p
 image are counted once on the baseline step (torch.utils.flop_counter), so both rows
 also read as achieved TFLOP/s.
 
+With ``--versus STRATEGY`` the same step under another strategy (its own engines, the
+same networks, batch and precision) is measured in the same turns: ``versus_ratio``,
+fastgan's images/s over its, compares strategies in one run, e.g. DeepSpeed's ZeRO
+against DDP on the same ranks.
+
 What the host does per step: ``host_ms``, the time to issue one step without waiting for
 the device (on a GPU, when it is well below the step's wall time the host runs ahead);
 ``device_ms``, the GPU kernels' time per step (torch.profiler; GPUs only);
@@ -83,6 +88,7 @@ class StepBenchOptions:
     json: str | None = None
     compile: bool = False
     compile_mode: str = "default"
+    versus: str | None = None
 
 
 def _validate(o: StepBenchOptions) -> None:
@@ -97,6 +103,8 @@ def _validate(o: StepBenchOptions) -> None:
         raise UserError(f"--precision: {o.precision!r} is not one of auto, fp32, bf16, fp16")
     if o.seconds <= 0:
         raise UserError(f"--seconds: must be > 0, got {o.seconds}")
+    if o.versus is not None and o.versus not in ("none", "ddp", "deepspeed"):
+        raise UserError(f"--versus: {o.versus!r} is not one of none, ddp, deepspeed")
     if o.compile and o.strategy == "deepspeed":
         raise UserError("--compile: not supported under --strategy deepspeed (its engine "
                         "owns the forward); use --strategy ddp or none")
@@ -198,7 +206,7 @@ def _objective(o: StepBenchOptions) -> Objective:
 
 def run(o: StepBenchOptions) -> dict:
     _validate(o)
-    d = distributed.init(o.device, group_of_one=o.strategy == "deepspeed")
+    d = distributed.init(o.device, group_of_one="deepspeed" in (o.strategy, o.versus))
     try:
         return _run(o, d)
     finally:
@@ -207,6 +215,9 @@ def run(o: StepBenchOptions) -> dict:
 
 def _run(o: StepBenchOptions, d: distributed.Dist) -> dict:
     strategy = engines.resolve_strategy(o.strategy, d.world)
+    versus = engines.resolve_strategy(o.versus, d.world) if o.versus else None
+    if versus == strategy:
+        raise UserError(f"--versus: {versus} is the step's own strategy; name another")
     if o.batch % (d.world * o.accum):
         raise UserError(f"--batch: {o.batch} does not split over {d.world} rank(s) x "
                         f"--accum {o.accum}")
@@ -217,7 +228,7 @@ def _run(o: StepBenchOptions, d: distributed.Dist) -> dict:
     g_kw, d_kw = models.model_kwargs(o.arch, res=o.res, z_dim=z_dim, width=width)
     per_rank = o.batch // d.world
 
-    def build(compile_mode: str | None):
+    def build(compile_mode: str | None, strategy: str = strategy):
         return build_gan(o.arch, g_kw, d_kw, images=images, dist=d, opts=engines.EngineOptions(
             strategy=strategy, precision=precision, micro_batch=per_rank // o.accum,
             accum=o.accum, grad_clip=0.0, zero=o.zero, compile_mode=compile_mode),
@@ -246,6 +257,9 @@ def _run(o: StepBenchOptions, d: distributed.Dist) -> dict:
         compiled_step()
         sync()
         compile_s = time.perf_counter() - start
+    if versus:
+        versus_step = TrainingStep(build(None, versus).step, real, z_dim, o.batch)
+        meters["fastgan --versus"] = Meter(versus_step, sync=sync)
     flops = None
     if o.baseline and d.is_main:
         classic = ClassicStep(o.arch, g_kw, d_kw, d.device, z_dim)
@@ -291,6 +305,7 @@ def _run(o: StepBenchOptions, d: distributed.Dist) -> dict:
     # The same rows, turn length and sequence of barriers on every rank, whatever rows
     # rank 0 alone measures.
     rows = ["fastgan", *(["fastgan --compile"] if o.compile else []),
+            *(["fastgan --versus"] if versus else []),
             *(["baseline"] if o.baseline else []),
             *(["fastgan + loader"] if o.data else []),
             *(["baseline + folder"] if o.folder and o.baseline else [])]
@@ -324,6 +339,8 @@ def _run(o: StepBenchOptions, d: distributed.Dist) -> dict:
         "compile_s": (compile_s - meters["fastgan --compile"].seconds
                       / meters["fastgan --compile"].steps) if o.compile else None,
         "compile_mode": o.compile_mode if o.compile else None,
+        "versus_strategy": versus,
+        "versus_img_s": meters["fastgan --versus"].rate if versus else None,
         "ops_per_step": counted.ops / cycle,
         "baseline_ops_per_step": count_calls(meters["baseline"].take, 1).ops
         if "baseline" in meters else None,
@@ -335,6 +352,8 @@ def _run(o: StepBenchOptions, d: distributed.Dist) -> dict:
         "nonfinite_skips": gan.step.skip_counts()[0],
     }
     result["sec_per_kimg"] = 1000.0 / result["img_s"]  # NVlabs' unit
+    if versus:
+        result["versus_ratio"] = result["img_s"] / result["versus_img_s"]
     if result["baseline_img_s"]:
         result["speedup"] = result["img_s"] / result["baseline_img_s"]
     if result["loader_img_s"] and result["folder_img_s"]:
@@ -354,6 +373,8 @@ def table(r: dict) -> str:
     rows = [(f"fastgan ({r['strategy']}, {r['precision']})", r["img_s"])]
     if r.get("compile_img_s"):
         rows.append((f"fastgan --compile ({r['compile_mode']})", r["compile_img_s"]))
+    if r.get("versus_img_s"):
+        rows.append((f"fastgan ({r['versus_strategy']}, {r['precision']})", r["versus_img_s"]))
     if r["baseline_img_s"]:
         rows.append(("baseline (classic eager step, fp32, 1 proc)", r["baseline_img_s"]))
     if r.get("loader_img_s"):
@@ -365,6 +386,9 @@ def table(r: dict) -> str:
         tflops = f"{v * r['flops_per_img'] / 1e12:9.3f}" if r["flops_per_img"] else ""
         lines.append(f"{name:44s}{v:9.1f}{ratio}{tflops}")
     device = f", device {r['device_ms']:.2f} ms" if r.get("device_ms") is not None else ""
+    if r.get("versus_img_s"):
+        lines.append(f"fastgan ({r['strategy']}) at {r['versus_ratio']:.3f}x of fastgan "
+                     f"({r['versus_strategy']}), measured in the same turns")
     if r.get("compile_img_s"):
         lines.append(f"fastgan --compile: compiling took {r['compile_s']:.1f} s; per step: "
                      f"host {r['compile_host_ms']:.2f} ms")
@@ -407,6 +431,10 @@ def main_args(sub) -> None:
                    help="total measuring time, in turns (default: 10)")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="skip the classic eager step")
+    p.add_argument("--versus", metavar="STRATEGY",
+                   help="none|ddp|deepspeed: also measure the step under this strategy, in "
+                   "the same turns, and print the ratio (e.g. --strategy deepspeed "
+                   "--versus ddp under torchrun)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: auto)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--compile", action="store_true",
