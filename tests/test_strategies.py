@@ -91,16 +91,19 @@ def test_two_ranks_train_stylegan2_with_r1_and_ema(tmp_path, cache_dir, strategy
         assert 0 < float(ada[0]["p"]) <= 1
 
 
-@pytest.mark.parametrize("flags", [
-    ["--strategy", "ddp"],
-    ["--strategy", "ddp", "--accum", "2"],
-    ["--strategy", "deepspeed", "--zero", "2"],
-    ["--strategy", "deepspeed", "--zero", "2", "--accum", "2"],
-], ids=["ddp", "ddp-accum2", "zero2", "zero2-accum2"])
-def test_two_ranks_match_one_process(tmp_path, flags):
+@pytest.mark.parametrize("flags, shared", [
+    (["--strategy", "ddp"], []),
+    (["--strategy", "ddp", "--accum", "2"], []),
+    (["--strategy", "deepspeed", "--zero", "2"], []),
+    (["--strategy", "deepspeed", "--zero", "2", "--accum", "2"], []),
+    (["--strategy", "deepspeed", "--zero", "1"], ["--grad-clip", "0.05"]),
+], ids=["ddp", "ddp-accum2", "zero2", "zero2-accum2", "zero1-clip"])
+def test_two_ranks_match_one_process(tmp_path, flags, shared):
     """2 ranks with global batch B train the MLP like 1 process with batch B (same seeds,
-    same data), within float tolerance (the gradient sums run in another order)."""
-    common = [*RING, "--steps", "12", "--ckpt-every", "12"]
+    same data, the same ``shared`` flags: fastgan clips ZeRO's gradient partitions as
+    one process clips its gradients), within float tolerance (the gradient sums run in
+    another order)."""
+    common = [*RING, "--steps", "12", "--ckpt-every", "12", *shared]
     one = run_train([*common, "--out", str(tmp_path / "one")], 1, tmp_path / "rec1")
     two = run_train([*common, *flags, "--out", str(tmp_path / "two")], 2, tmp_path / "rec2")
     _assert_ranks_equal(two, 12)

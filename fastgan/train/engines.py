@@ -27,11 +27,10 @@ NaN and Inf: every loss is back-propagated; a step whose gradients (after the
 all-reduce) or any rank's loss is not finite is skipped on every rank, decided on the
 device (:meth:`Engine.step`). Host reads left in a step: none under none and DDP with
 the fused Adam that fastgan builds (an optimizer that is not fused costs one read per
-step: it cannot take the skip flag on the device). Under DeepSpeed, none either, but
-for what DeepSpeed itself reads: with ``--grad-clip`` under ZeRO 1 and 2, it clips by a
-gradient norm of its own and reads that norm's validity back twice per engine step (its
-NaN/Inf check, and again before clipping). Without clipping fastgan turns that norm
-off and checks the reduced gradients on the device (:meth:`Engine._check_partition`).
+step: it cannot take the skip flag on the device). Under DeepSpeed, none either: under
+ZeRO 1 and 2 DeepSpeed's own gradient norm, whose validity it reads back twice per
+engine step (its NaN/Inf check, and again before clipping), is turned off, and fastgan
+checks and clips the reduced gradients on the device (:meth:`Engine._check_partition`).
 """
 
 from __future__ import annotations
@@ -118,7 +117,8 @@ class Engine:
                                                    gradient_as_bucket_view=True,
                                                    **_NO_FORWARD_BUFFER_SYNC)
         elif opts.strategy == "deepspeed":
-            self.wrapped = _deepspeed_engine(name, module, optimizer, opts, dist)
+            self.wrapped, self._partition_clip = _deepspeed_engine(name, module, optimizer,
+                                                                   opts, dist)
             self._partition_sq: torch.Tensor | None = None  # see _check_partition
             if self._zero_without_norm:
                 if not _skips_on_device(optimizer):
@@ -218,7 +218,7 @@ class Engine:
 
     @property
     def _zero_without_norm(self) -> bool:
-        """ZeRO 1 or 2 with DeepSpeed's own gradient norm turned off (no clipping)."""
+        """ZeRO 1 or 2 with DeepSpeed's own gradient norm turned off."""
         return (self.wrapped.zero_optimization_stage() in (1, 2)
                 and not self.wrapped.zero_compute_grad_norm())
 
@@ -229,9 +229,10 @@ class Engine:
         Without ZeRO (stage 0) the gradients sit in ``.grad`` after the engine's
         all-reduce, and the fused Adam skips on the device as above. Under ZeRO 1 and 2
         each rank holds only its own partition of them: :meth:`_check_partition` checks
-        it, inside ZeRO's step. With clipping, DeepSpeed checks its own norm and skips
-        the step itself, reading the norm's validity back (``is_invalid_grad_norm``, twice
-        per step): reads that fastgan cannot take away."""
+        it, inside ZeRO's step. Where DeepSpeed keeps its own norm (an optimizer that
+        cannot skip on the device, or a config that asks for it), DeepSpeed checks it
+        and skips the step itself, reading the norm's validity back
+        (``is_invalid_grad_norm``, twice per step)."""
         before = self.wrapped.skipped_steps
         if self.wrapped.zero_optimization_stage() == 0:
             params = [p for p in self.module.parameters() if p.grad is not None]
@@ -262,13 +263,19 @@ class Engine:
         gradients: their squared norm, summed over ranks (one scalar all-reduce, on the
         device), gives the global norm, and a NaN or Inf anywhere makes it not finite
         on every rank alike. The fused Adam takes that as ``found_inf`` and skips its
-        update on the device; ZeRO then all-gathers the unchanged partitions."""
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"]
-                 if p.grad is not None]
-        sq = nn.utils.get_total_norm(grads, foreach=True).float().square()
+        update on the device; ZeRO then all-gathers the unchanged partitions. The
+        partitions are clipped by the global norm, as DeepSpeed would (fastgan's
+        optimizers hold one parameter group; with more, each is clipped by the norm of
+        the groups stepped so far)."""
+        params = [p for group in optimizer.param_groups for p in group["params"]
+                  if p.grad is not None]
+        sq = nn.utils.get_total_norm([p.grad for p in params], foreach=True).float().square()
         sq = all_reduce_sum(sq, self.dist)
         self._partition_sq = sq if self._partition_sq is None else self._partition_sq + sq
         optimizer.found_inf = (~torch.isfinite(self._partition_sq)).float()
+        if self._partition_clip > 0:
+            nn.utils.clip_grads_with_norm_(params, self._partition_clip,
+                                           self._partition_sq.sqrt(), foreach=True)
 
     @functools.cached_property
     def _flags(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -398,10 +405,10 @@ def deepspeed_configs(opts: EngineOptions, world: int, *, cpu: bool = False,
             raise UserError(f"--deepspeed-config: ZeRO stage {stage} for {net}: only 0, 1 and "
                             "2 are supported (the G phase runs D's plain module, which needs "
                             "its parameters whole)")
-        if stage in (1, 2) and not cfg.get("gradient_clipping") and skips_on_device:
+        if stage in (1, 2) and skips_on_device:
             # DeepSpeed's own norm reads its validity back to the host every step (its
-            # NaN/Inf check); without clipping it needs no norm, and the engine checks
-            # the reduced gradients on the device instead (Engine._check_partition).
+            # NaN/Inf check, and again before it clips); the engine checks and clips the
+            # reduced gradients on the device instead (Engine._check_partition).
             cfg["zero_optimization"].setdefault("compute_grad_norm", False)
         out[net] = cfg
     return out
@@ -438,6 +445,8 @@ def _merge(base: dict, over: dict) -> dict:
 
 def _deepspeed_engine(name: str, module: nn.Module, optimizer: torch.optim.Optimizer,
                       opts: EngineOptions, dist: Dist):
+    """Network ``name``'s DeepSpeed engine, and the gradient norm that fastgan clips to
+    in its place (0: none), where DeepSpeed's own norm is turned off."""
     try:
         import deepspeed
     except ImportError as e:
@@ -457,6 +466,10 @@ def _deepspeed_engine(name: str, module: nn.Module, optimizer: torch.optim.Optim
         os.environ.setdefault(key, str(value))
     cfg = deepspeed_configs(opts, dist.world, cpu=dist.device.type == "cpu",
                             skips_on_device=_skips_on_device(optimizer))[name]
+    clip = 0.0
+    if cfg["zero_optimization"].get("compute_grad_norm") is False:
+        # DeepSpeed clips only by its own norm: fastgan clips in its place
+        clip, cfg["gradient_clipping"] = cfg.get("gradient_clipping", 0.0), 0.0
     try:
         engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=cfg,
                                                dist_init_required=False)
@@ -464,7 +477,7 @@ def _deepspeed_engine(name: str, module: nn.Module, optimizer: torch.optim.Optim
         raise UserError(f"--strategy deepspeed: {name}'s engine rejected its config: "
                         f"{e}") from None
     engine.checkpoint_engine.load = _load_weights_only
-    return engine
+    return engine, clip
 
 
 def _load_weights_only(path: str, map_location=None):
