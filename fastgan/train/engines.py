@@ -245,7 +245,7 @@ class Engine:
             self._partition_sq = None
             self.wrapped.step()
             norm = self._partition_sq.sqrt()
-            skipped = (~torch.isfinite(norm)).float()
+            skipped = self.optimizer.found_inf  # the hook's, from the same sum
             del self.optimizer.found_inf
         else:
             self.wrapped.step()
